@@ -1,0 +1,404 @@
+//! Grant the injected devices in the container's device cgroup.
+//!
+//! Runtimes install a device policy before prestart hooks run (runc and crun both set up cgroups
+//! first, so that hooks can extend them). Without a grant, `open("/dev/nvidia0")` fails with EPERM.
+//!
+//! - cgroup v1 (and hybrid hosts, which have the v1 `devices` controller): one `c MAJ:MIN rwm` line
+//!   per device written to the container's `devices.allow`. The kernel refuses a grant the parent
+//!   cgroup does not have, so nothing beyond what the host allows can be granted.
+//! - cgroup v2: device access is decided by `BPF_PROG_TYPE_CGROUP_DEVICE` programs. Every program
+//!   attached to the container's cgroup *and to each ancestor* (with `BPF_F_ALLOW_MULTI`) must
+//!   allow an access, so adding a program of our own can only restrict. Instead, for each device
+//!   program found from the container's cgroup up to the root, nvhook reads its instructions back
+//!   from the kernel, puts "allow exactly these devices" blocks in front of them
+//!   ([`super::bpfprog`]) and swaps the new program in atomically (`BPF_F_REPLACE`), on the same
+//!   cgroup, with the same attach flags. Everything else the runtime (or systemd) decided still
+//!   holds, bit for bit. A program we cannot read back (maps, hardened JIT dumps, LSM refusal)
+//!   is an error: a program we cannot extend might deny the device.
+//!   On a hybrid host the same is done for any device program on the unified hierarchy (runc and
+//!   systemd attach none there, but one would AND-deny).
+//!
+//! The cgroup is found from the container process (`/proc/<pid>/cgroup`) and this process's mount
+//! table, before nvhook enters the container's mount namespace; the descriptors opened here are
+//! used later, so what is granted is exactly the cgroup the process was in.
+
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{OFlag, open, openat};
+use nix::sys::stat::Mode;
+use nvhook_sys as sys;
+
+use super::bpfprog;
+use crate::error::Error;
+use crate::plan::DeviceRule;
+
+/// One line of `/proc/<pid>/cgroup`: hierarchy id, controllers, path.
+fn parse_proc_cgroup(text: &str) -> (Option<String>, Option<String>) {
+    let (mut v1_devices, mut v2) = (None, None);
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if id == "0" && ctrls.is_empty() {
+            v2 = Some(path.to_owned());
+        } else if ctrls.split(',').any(|c| c == "devices") {
+            v1_devices = Some(path.to_owned());
+        }
+    }
+    (v1_devices, v2)
+}
+
+/// A cgroup mount from mountinfo: (root of the mount inside the hierarchy, mount point).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CgroupMount {
+    root: String,
+    mount_point: PathBuf,
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The v1 devices mount and the cgroup2 mount of this mount namespace.
+fn parse_mountinfo(text: &str) -> (Option<CgroupMount>, Option<CgroupMount>) {
+    let (mut v1, mut v2) = (None, None);
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 {
+            continue;
+        }
+        let m = CgroupMount {
+            root: unescape(pre[3]),
+            mount_point: PathBuf::from(unescape(pre[4])),
+        };
+        match post[0] {
+            "cgroup2" if v2.is_none() => v2 = Some(m),
+            "cgroup" if v1.is_none() && post[2].split(',').any(|o| o == "devices") => v1 = Some(m),
+            _ => {}
+        }
+    }
+    (v1, v2)
+}
+
+/// The directory of cgroup `path` (from /proc/pid/cgroup) under `mount`.
+fn cgroup_dir(mount: &CgroupMount, path: &str) -> PathBuf {
+    let rel = if mount.root != "/" {
+        path.strip_prefix(mount.root.as_str()).unwrap_or(path)
+    } else {
+        path
+    };
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        mount.mount_point.clone()
+    } else {
+        mount.mount_point.join(rel)
+    }
+}
+
+/// The container's device cgroup, opened.
+pub struct DeviceCgroup {
+    v1: Option<(OwnedFd, PathBuf)>,
+    /// cgroup2 directories from the container's cgroup up to the mount root.
+    v2: Vec<(OwnedFd, PathBuf)>,
+    /// pure v2 (no v1 devices controller): a missing program there means "no restriction".
+    hybrid: bool,
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
+    open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::CgroupNotFound {
+        reason: format!("cannot open {}: {e}", path.display()),
+    })
+}
+
+impl DeviceCgroup {
+    /// Find the cgroup of process `pid`. `cgroups_path` (the spec's) is only used in messages.
+    pub fn open(pid: i32, cgroups_path: Option<&str>) -> Result<DeviceCgroup, Error> {
+        let proc_cgroup = PathBuf::from(format!("/proc/{pid}/cgroup"));
+        let text = std::fs::read_to_string(&proc_cgroup).map_err(|e| Error::CgroupNotFound {
+            reason: format!(
+                "cannot read {}: {e} (spec cgroupsPath: {})",
+                proc_cgroup.display(),
+                cgroups_path.unwrap_or("none")
+            ),
+        })?;
+        let mountinfo =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::CgroupNotFound {
+                reason: format!("cannot read /proc/self/mountinfo: {e}"),
+            })?;
+        Self::from_texts(&text, &mountinfo)
+    }
+
+    fn from_texts(proc_cgroup: &str, mountinfo: &str) -> Result<DeviceCgroup, Error> {
+        let (v1_path, v2_path) = parse_proc_cgroup(proc_cgroup);
+        let (v1_mount, v2_mount) = parse_mountinfo(mountinfo);
+        let v1 = match (&v1_path, &v1_mount) {
+            (Some(p), Some(m)) => {
+                let dir = cgroup_dir(m, p);
+                Some((open_dir(&dir)?, dir))
+            }
+            (Some(p), None) => {
+                return Err(Error::CgroupNotFound {
+                    reason: format!(
+                        "the process is in v1 devices cgroup {p} but no devices hierarchy is mounted"
+                    ),
+                });
+            }
+            _ => None,
+        };
+        let mut v2 = Vec::new();
+        if let (Some(p), Some(m)) = (&v2_path, &v2_mount) {
+            let leaf = cgroup_dir(m, p);
+            let mut cur = Some(leaf.as_path());
+            while let Some(dir) = cur {
+                v2.push((open_dir(dir)?, dir.to_owned()));
+                if dir == m.mount_point {
+                    break;
+                }
+                cur = dir.parent().filter(|d| d.starts_with(&m.mount_point));
+            }
+        }
+        if v1.is_none() && v2.is_empty() {
+            return Err(Error::CgroupNotFound {
+                reason: "the process is in no devices (v1) or cgroup2 hierarchy".into(),
+            });
+        }
+        Ok(DeviceCgroup {
+            hybrid: v1.is_some(),
+            v1,
+            v2,
+        })
+    }
+
+    /// Which kind of cgroup this is, for logs and `nvhook doctor`.
+    pub fn describe(&self) -> String {
+        match (&self.v1, self.v2.first()) {
+            (Some((_, p)), Some((_, u))) => {
+                format!("v1 {} (hybrid, unified {})", p.display(), u.display())
+            }
+            (Some((_, p)), None) => format!("v1 {}", p.display()),
+            (None, Some((_, p))) => format!("v2 {}", p.display()),
+            (None, None) => "none".into(),
+        }
+    }
+
+    /// Allow `rules` (and nothing else) for the container.
+    pub fn grant(&self, rules: &[DeviceRule]) -> Result<(), Error> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        if let Some((fd, path)) = &self.v1 {
+            grant_v1(fd, path, rules)?;
+        }
+        for (fd, path) in &self.v2 {
+            grant_v2_level(fd, path, rules, self.hybrid)?;
+        }
+        Ok(())
+    }
+}
+
+fn grant_v1(dir: &OwnedFd, path: &Path, rules: &[DeviceRule]) -> Result<(), Error> {
+    let allow = path.join("devices.allow");
+    let fd = openat(
+        dir.as_fd(),
+        "devices.allow",
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Cgroup {
+        path: allow.clone(),
+        device: rules[0].to_string(),
+        reason: format!("cannot open devices.allow: {e}"),
+    })?;
+    let mut f = std::fs::File::from(fd);
+    for r in rules {
+        // One rule per write(2): the kernel parses exactly one entry per write.
+        f.write_all(r.v1_line().as_bytes()).map_err(|e| Error::Cgroup {
+            path: allow.clone(),
+            device: r.to_string(),
+            reason: format!(
+                "writing {:?} to devices.allow failed: {e} (the parent cgroup must allow the device)",
+                r.v1_line()
+            ),
+        })?;
+    }
+    Ok(())
+}
+
+fn grant_v2_level(
+    dir: &OwnedFd,
+    path: &Path,
+    rules: &[DeviceRule],
+    hybrid: bool,
+) -> Result<(), Error> {
+    let err = |reason: String| Error::Cgroup {
+        path: path.to_owned(),
+        device: rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason,
+    };
+    let (flags, ids) = match sys::prog_query(dir.as_fd(), sys::BPF_CGROUP_DEVICE) {
+        Ok(q) => q,
+        // No program can be attached (e.g. a kernel without CONFIG_CGROUP_BPF): nothing restricts.
+        Err(e) if e.raw_os_error() == Some(libc_einval()) && hybrid => return Ok(()),
+        Err(e) => return Err(err(format!("BPF_PROG_QUERY failed: {e}"))),
+    };
+    for id in ids {
+        let old = match sys::prog_get_fd_by_id(id) {
+            Ok(fd) => fd,
+            // Detached between query and open: nothing to extend.
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => continue,
+            Err(e) => return Err(err(format!("cannot open device program {id}: {e}"))),
+        };
+        let (ptype, insns) = sys::prog_xlated_insns(old.as_fd())
+            .map_err(|e| err(format!("cannot read device program {id}: {e}")))?;
+        if ptype != sys::BPF_PROG_TYPE_CGROUP_DEVICE {
+            continue;
+        }
+        if insns.is_empty() || insns.iter().all(|i| *i == nvhook_sys::BpfInsn::default()) {
+            return Err(err(format!(
+                "the kernel did not return device program {id}'s instructions (net.core.bpf_jit_harden=2?); set no-cgroups and grant devices another way"
+            )));
+        }
+        if bpfprog::already_allows(rules, &insns) {
+            log::debug!(
+                "cgroup {}: program {id} already allows the devices",
+                path.display()
+            );
+            continue;
+        }
+        let new = bpfprog::prepend_allow(rules, &insns);
+        let new_fd = sys::prog_load_cgroup_device(&new, "GPL")
+            .map_err(|e| err(format!("cannot load the extended device program: {e}")))?;
+        attach_in_place(dir, &new_fd, &old, flags)
+            .map_err(|e| err(format!("cannot swap device program {id}: {e}")))?;
+        log::debug!(
+            "cgroup {}: program {id} extended ({} -> {} insns)",
+            path.display(),
+            insns.len(),
+            new.len()
+        );
+    }
+    Ok(())
+}
+
+fn libc_einval() -> i32 {
+    nix::errno::Errno::EINVAL as i32
+}
+
+/// Replace `old` with `new` on `cgroup`, keeping its attach mode.
+fn attach_in_place(
+    cgroup: &OwnedFd,
+    new: &OwnedFd,
+    old: &OwnedFd,
+    flags: u32,
+) -> std::io::Result<()> {
+    if flags & sys::BPF_F_ALLOW_MULTI == 0 {
+        // Exclusive or override mode: attaching again replaces the one program.
+        return sys::prog_attach(
+            cgroup.as_fd(),
+            new.as_fd(),
+            sys::BPF_CGROUP_DEVICE,
+            flags,
+            None,
+        );
+    }
+    match sys::prog_attach(
+        cgroup.as_fd(),
+        new.as_fd(),
+        sys::BPF_CGROUP_DEVICE,
+        sys::BPF_F_ALLOW_MULTI | sys::BPF_F_REPLACE,
+        Some(old.as_fd()),
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc_einval()) => {
+            // Kernels before 5.6 have no BPF_F_REPLACE: attach, then detach the old one. In
+            // between both run, which only restricts more.
+            sys::prog_attach(
+                cgroup.as_fd(),
+                new.as_fd(),
+                sys::BPF_CGROUP_DEVICE,
+                sys::BPF_F_ALLOW_MULTI,
+                None,
+            )?;
+            sys::prog_detach(cgroup.as_fd(), old.as_fd(), sys::BPF_CGROUP_DEVICE)
+        }
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_cgroup_forms() {
+        let hybrid = "12:hugetlb:/\n5:devices:/runc-test/c1\n1:name=systemd:/x\n0::/runc-test/c1\n";
+        assert_eq!(
+            parse_proc_cgroup(hybrid),
+            (Some("/runc-test/c1".into()), Some("/runc-test/c1".into()))
+        );
+        assert_eq!(
+            parse_proc_cgroup("0::/system.slice/x.scope\n"),
+            (None, Some("/system.slice/x.scope".into()))
+        );
+        assert_eq!(
+            parse_proc_cgroup("garbage\n3:cpu,devices:/a\n"),
+            (Some("/a".into()), None)
+        );
+    }
+
+    #[test]
+    fn mountinfo_and_paths() {
+        let mi = "30 25 0:26 / /sys/fs/cgroup/devices rw,relatime shared:10 - cgroup cgroup rw,devices\n\
+                  31 25 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                  40 25 0:28 /sub /mnt/cg\\040x rw - cgroup2 cgroup2 rw\n";
+        let (v1, v2) = parse_mountinfo(mi);
+        let v1 = v1.unwrap();
+        assert_eq!(v1.mount_point, Path::new("/sys/fs/cgroup/devices"));
+        assert_eq!(
+            cgroup_dir(&v1, "/runc/c1"),
+            Path::new("/sys/fs/cgroup/devices/runc/c1")
+        );
+        assert_eq!(
+            cgroup_dir(&v2.unwrap(), "/"),
+            Path::new("/sys/fs/cgroup/unified")
+        );
+        let sub = CgroupMount {
+            root: "/sub".into(),
+            mount_point: "/mnt/cg x".into(),
+        };
+        assert_eq!(cgroup_dir(&sub, "/sub/c1"), Path::new("/mnt/cg x/c1"));
+        assert_eq!(unescape("/mnt/cg\\040x"), "/mnt/cg x");
+    }
+}

@@ -1,0 +1,128 @@
+//! Apply a plan: the only code with side effects.
+//!
+//! Order: device nodes and bind mounts, symlinks, the linker cache, then the device cgroup. Each
+//! step fails closed: the first error stops everything and `nvhook prestart` exits non-zero, so
+//! the runtime tears the container down. What nvhook changed lives only in the container: mounts
+//! in its mount namespace, files in its rootfs, rules in its cgroup; nothing on the host.
+
+pub mod bpfprog;
+pub mod cgroup;
+pub mod namespace;
+
+use std::os::fd::AsFd;
+
+use nvhook_sys as sys;
+
+use crate::error::Error;
+use crate::ldcache::{Entry, LdCache};
+use crate::plan::{MountFlags, Plan};
+use crate::rootfs::Rootfs;
+
+/// The container's `/etc/ld.so.cache` is read from the image: refuse anything larger.
+const MAX_IMAGE_CACHE: u64 = crate::ldcache::MAX_CACHE_SIZE as u64;
+
+fn attr_bits(f: MountFlags) -> u64 {
+    let mut a = 0;
+    if f.readonly {
+        a |= sys::MOUNT_ATTR_RDONLY;
+    }
+    if f.nosuid {
+        a |= sys::MOUNT_ATTR_NOSUID;
+    }
+    if f.nodev {
+        a |= sys::MOUNT_ATTR_NODEV;
+    }
+    if f.noexec {
+        a |= sys::MOUNT_ATTR_NOEXEC;
+    }
+    a
+}
+
+/// Bind-mount `source` (a host path, in the current mount namespace) onto the container path
+/// `target`, with `flags` set on the new mount before it is attached, so it is never visible
+/// writable or setuid even for an instant. The target is resolved in the rootfs and the mount
+/// is attached to the descriptor, never to a path string.
+fn bind(
+    rootfs: &Rootfs,
+    source: &std::path::Path,
+    target: &str,
+    dir: bool,
+    flags: MountFlags,
+) -> Result<(), Error> {
+    let merr = |e: std::io::Error| Error::Mount {
+        source_path: source.to_owned(),
+        target: target.to_owned(),
+        source: e,
+    };
+    let src = source
+        .to_str()
+        .ok_or_else(|| merr(std::io::Error::from_raw_os_error(nix::libc::EINVAL)))?;
+    let tree = sys::open_tree_clone(src).map_err(merr)?;
+    sys::mount_setattr(tree.as_fd(), attr_bits(flags)).map_err(merr)?;
+    let point = if dir {
+        rootfs.mount_point_dir(target)?
+    } else {
+        rootfs.mount_point_file(target)?
+    };
+    sys::move_mount(tree.as_fd(), point.as_fd()).map_err(merr)
+}
+
+/// Create the device nodes, bind mounts and symlinks of `plan` in `rootfs`.
+pub fn mounts(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
+    for d in &plan.devices {
+        bind(
+            rootfs,
+            &d.node.host_path,
+            &d.path,
+            false,
+            MountFlags::DEVICE,
+        )?;
+    }
+    for m in &plan.mounts {
+        bind(rootfs, &m.source, &m.target, m.directory, m.flags)?;
+    }
+    for s in &plan.symlinks {
+        if !rootfs.symlink(&s.path, &s.target)? {
+            log::warn!(
+                "{} exists in the image and is not a symlink; left as it is (as ldconfig would)",
+                s.path
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Merge the plan's sonames into the container's `/etc/ld.so.cache`, keeping every entry the
+/// image had. No program of the image runs: the cache is read and written as data.
+pub fn ldcache(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
+    if plan.ldcache.is_empty() {
+        return Ok(());
+    }
+    const PATH: &str = "/etc/ld.so.cache";
+    let mut cache = match rootfs.read_file(PATH, MAX_IMAGE_CACHE) {
+        Ok(Some(bytes)) => LdCache::parse(&bytes).unwrap_or_else(|e| {
+            // ld.so ignores a cache it cannot read, so the image never used it: start afresh.
+            log::warn!("the image's {PATH} is unreadable ({e}); writing a new one");
+            LdCache::default()
+        }),
+        Ok(None) => LdCache::default(),
+        Err(e) => {
+            return Err(Error::LdCacheUpdate {
+                path: PATH.into(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    let entries: Vec<Entry> = plan
+        .ldcache
+        .iter()
+        .map(|e| Entry::new(e.soname.clone(), e.path.clone(), e.flags))
+        .collect();
+    cache.merge(&entries);
+    let bytes = cache.to_bytes().map_err(|e| Error::LdCacheUpdate {
+        path: PATH.into(),
+        reason: e.to_string(),
+    })?;
+    rootfs.write_file_atomic(PATH, &bytes, 0o644)?;
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `/etc/nvhook/config.toml`: host settings. Valid with no file at all.
+//!
+//! The file belongs to the host's administrator (trusted), but a typo must not silently fall back to
+//! a default, so unknown keys are an error that names them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+pub const DEFAULT_PATH: &str = "/etc/nvhook/config.toml";
+/// Environment variable that names the config file (the hook's environment comes from the
+/// runtime's hook registration, never from the container).
+pub const CONFIG_ENV: &str = "NVHOOK_CONFIG";
+const MAX_CONFIG_SIZE: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the driver is installed: its `etc/ld.so.cache`, libraries, binaries and firmware are
+    /// looked up under this root (`/run/nvidia/driver` for a containerized driver).
+    pub driver_root: PathBuf,
+    /// The root under which `dev/nvidia*` device nodes are found.
+    pub dev_root: PathBuf,
+    /// Where procfs is mounted (`driver/nvidia/...` is read from there).
+    pub proc_root: PathBuf,
+    /// Extra directories (host paths, under `driver-root`) searched for the driver's binaries, before
+    /// the standard ones.
+    pub binary_dirs: Vec<PathBuf>,
+    /// Don't touch the container's device cgroup (rootless runtimes; setups that grant devices
+    /// themselves).
+    pub no_cgroups: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            driver_root: PathBuf::from("/"),
+            dev_root: PathBuf::from("/"),
+            proc_root: PathBuf::from("/proc"),
+            binary_dirs: Vec::new(),
+            no_cgroups: false,
+        }
+    }
+}
+
+impl Config {
+    /// Load the config: `explicit` (from `--config`) if given, else `$NVHOOK_CONFIG` if set, else
+    /// `/etc/nvhook/config.toml` if it exists, else the defaults. A file named explicitly must exist.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, Error> {
+        let from_env = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty());
+        let (path, required) = match (explicit, from_env) {
+            (Some(p), _) => (p.to_path_buf(), true),
+            (None, Some(p)) => (PathBuf::from(p), true),
+            (None, None) => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match read_bounded(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(source) => return Err(Error::ConfigRead { path, source }),
+        };
+        Config::parse(&text).map_err(|reason| Error::ConfigParse { path, reason })
+    }
+
+    /// Parse config text; the error is toml's message (with line and column).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())
+    }
+}
+
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_SIZE)
+        .read_to_string(&mut s)?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_are_read() {
+        let c = Config::parse("driver-root = \"/run/nvidia/driver\"\nno-cgroups = true\n").unwrap();
+        assert_eq!(c.driver_root, Path::new("/run/nvidia/driver"));
+        assert!(c.no_cgroups);
+        assert_eq!(c.proc_root, Path::new("/proc"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_errors_naming_them() {
+        let e = Config::parse("driver_root = \"/x\"\n").unwrap_err();
+        assert!(e.contains("driver_root"), "{e}");
+        let e = Config::parse("no-cgroups = \"yes\"\n").unwrap_err();
+        assert!(e.contains("no-cgroups") || e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn an_explicit_file_must_exist() {
+        let e = Config::load(Some(Path::new("/nonexistent/nvhook.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/nvhook.toml"), "{e}");
+    }
+}

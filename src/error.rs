@@ -1,0 +1,118 @@
+//! Every error a user can act on, each naming the path, variable or device involved and what to do.
+//! Any of them makes `nvhook prestart` exit non-zero, so the runtime refuses to start the container.
+
+use std::path::PathBuf;
+
+use crate::rootfs::RootfsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- input from the runtime -------------------------------------------------------------
+    #[error("cannot read the OCI state from stdin: {source}")]
+    StateRead { source: std::io::Error },
+    #[error("cannot parse the OCI state on stdin: {reason}")]
+    StateParse { reason: String },
+    #[error("cannot read the bundle's {path}: {source} (is the state's \"bundle\" right?)")]
+    SpecRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse the bundle's {path}: {reason}")]
+    SpecParse { path: PathBuf, reason: String },
+    #[error(
+        "the OCI state has no \"pid\": nvhook must run as a prestart or createRuntime hook, when the container's process exists"
+    )]
+    NoPid,
+    #[error(
+        "the container's process {pid} is gone ({path}: {source}); the runtime must run nvhook while the container is being created"
+    )]
+    ProcessGone {
+        pid: i32,
+        path: PathBuf,
+        source: nix::errno::Errno,
+    },
+
+    // --- the container's request -------------------------------------------------------------
+    #[error("{var}: {reason}")]
+    BadRequest { var: String, reason: String },
+    #[error("{var}: unknown device {id:?}; this host has {available}")]
+    UnknownDevice {
+        var: String,
+        id: String,
+        available: String,
+    },
+
+    // --- host configuration -----------------------------------------------------------------
+    #[error("cannot read the config file {path}: {source}")]
+    ConfigRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {reason}")]
+    ConfigParse { path: PathBuf, reason: String },
+
+    // --- what the host offers ----------------------------------------------------------------
+    #[error(
+        "no NVIDIA driver found: cannot read {path}: {source} (is the nvidia kernel module loaded? is proc-root right in the config?)"
+    )]
+    NoDriver {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {reason}")]
+    ProcParse { path: PathBuf, reason: String },
+    #[error("device node {path} is missing or not a character device ({reason}); {hint}")]
+    DeviceNode {
+        path: PathBuf,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("cannot read the driver's library cache {path}: {reason}")]
+    DriverLdCache { path: PathBuf, reason: String },
+    #[error(
+        "driver library {name} not found under {root} (looked in its etc/ld.so.cache and library directories); {hint}"
+    )]
+    LibraryMissing {
+        name: String,
+        root: PathBuf,
+        hint: &'static str,
+    },
+    #[error("driver file {path}: {reason}")]
+    DriverFile { path: PathBuf, reason: String },
+
+    // --- applying the plan -------------------------------------------------------------------
+    #[error("cannot enter the container's mount namespace {path}: {source}")]
+    Setns {
+        path: PathBuf,
+        source: nix::errno::Errno,
+    },
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error("cannot bind-mount {source_path} onto {target} in the container: {source}")]
+    Mount {
+        source_path: PathBuf,
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("cannot update the container's linker cache {path}: {reason}")]
+    LdCacheUpdate { path: String, reason: String },
+    #[error("device cgroup: {reason} (cgroup {path}; device {device})")]
+    Cgroup {
+        path: PathBuf,
+        device: String,
+        reason: String,
+    },
+    #[error("device cgroup: cannot find the container's cgroup: {reason}")]
+    CgroupNotFound { reason: String },
+
+    // --- command line -------------------------------------------------------------------------
+    #[error("{0}")]
+    Usage(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,23 @@
+//! nvhook: an OCI runtime hook that gives containers the host's NVIDIA GPUs.
+//!
+//! Pipeline (one direction): OCI state + bundle config -> [`nvidia::request::Request`] ->
+//! [`nvidia::Inventory`] -> [`plan::Plan`] -> [`apply`] inside the container's mount namespace.
+//! Only `apply` (and the `nvhook-sys` crate it calls) has side effects.
+
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod config;
+pub mod devnode;
+pub mod elf;
+pub mod error;
+pub mod hook;
+pub mod layout;
+pub mod ldcache;
+pub mod nvidia;
+pub mod plan;
+pub mod rootfs;
+pub mod state;
+pub mod timing;
+
+pub use error::{Error, Result};

@@ -1,0 +1,274 @@
+//! The driver's libraries and binaries under the driver root.
+//!
+//! Libraries are found the way ld.so would find them on the host: through the driver root's own
+//! `etc/ld.so.cache` (its paths are relative to the driver root, as for a driver installed under
+//! `/run/nvidia/driver`), following symlinks inside the driver root to the real file. When there
+//! is no cache, or a name is not in it, the driver root's library directories are scanned and
+//! each candidate's `DT_SONAME` read. Either way only files whose name ends with the running
+//! driver's version are taken (libnvidia-container's rule), so a CUDA forward-compat copy or a
+//! leftover of an older driver is never picked.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::layout::multiarch_triplet;
+use crate::ldcache::LdCache;
+use crate::rootfs::Rootfs;
+
+/// A driver library on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Library {
+    /// The soname ld.so looks up (`libcuda.so.1`).
+    pub soname: String,
+    /// The real file on the host, all links resolved.
+    pub host_path: PathBuf,
+    /// Its file name (`libcuda.so.580.159.04`): the name it gets in the container.
+    pub file_name: String,
+    /// ld.so.cache ABI flags.
+    #[serde(skip)]
+    pub cache_flags: i32,
+}
+
+/// A driver binary on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Binary {
+    pub name: String,
+    pub host_path: PathBuf,
+}
+
+/// Library directories scanned when the cache does not answer (driver-root relative).
+fn library_dirs() -> Vec<String> {
+    let t = multiarch_triplet();
+    vec![
+        format!("usr/lib/{t}"),
+        format!("lib/{t}"),
+        "usr/lib64".into(),
+        "lib64".into(),
+        "usr/lib".into(),
+        "lib".into(),
+        format!("usr/lib/{t}/nvidia/current"),
+        "usr/local/nvidia/lib64".into(),
+        "usr/local/nvidia/lib".into(),
+    ]
+}
+
+/// Standard binary directories (driver-root relative), after any configured ones.
+const BINARY_DIRS: &[&str] = &[
+    "usr/local/sbin",
+    "usr/local/bin",
+    "usr/sbin",
+    "usr/bin",
+    "sbin",
+    "bin",
+    "usr/local/nvidia/bin",
+];
+
+/// Finds driver files under one driver root for one driver version.
+pub struct DriverRoot {
+    root: Rootfs,
+    root_path: PathBuf,
+    version: String,
+    cache: Option<LdCache>,
+    /// directory listings made by the fallback scan, kept for the next name
+    listings: HashMap<String, Vec<String>>,
+}
+
+fn file_name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl DriverRoot {
+    /// Open the driver root and read its `etc/ld.so.cache` if it has one.
+    pub fn open(root_path: &Path, version: &str) -> Result<DriverRoot, Error> {
+        let root = Rootfs::open(root_path).map_err(|e| Error::DriverFile {
+            path: root_path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let cache_path = root_path.join("etc/ld.so.cache");
+        let cache = match root.read_file("/etc/ld.so.cache", crate::ldcache::MAX_CACHE_SIZE as u64)
+        {
+            Ok(Some(bytes)) => Some(LdCache::parse(&bytes).map_err(|e| Error::DriverLdCache {
+                path: cache_path,
+                reason: e.to_string(),
+            })?),
+            Ok(None) => None,
+            Err(e) => {
+                return Err(Error::DriverLdCache {
+                    path: cache_path,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        Ok(DriverRoot {
+            root,
+            root_path: root_path.to_owned(),
+            version: version.to_owned(),
+            cache,
+            listings: HashMap::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root_path
+    }
+
+    fn has_version(&self, file_name: &str) -> bool {
+        file_name
+            .strip_suffix(self.version.as_str())
+            .is_some_and(|head| head.ends_with(".so."))
+    }
+
+    /// The library whose soname starts with `prefix`, for the ABI `flags`, if the host has one.
+    pub fn find_library(&mut self, prefix: &str, flags: i32) -> Option<Library> {
+        self.in_cache(prefix, flags)
+            .or_else(|| self.by_scan(prefix, flags))
+    }
+
+    fn in_cache(&self, prefix: &str, flags: i32) -> Option<Library> {
+        let cache = self.cache.as_ref()?;
+        cache
+            .entries
+            .iter()
+            .filter(|e| e.flags == flags && e.key.starts_with(prefix))
+            .find_map(|e| {
+                let real = self.root.real_path(&e.value).ok()?;
+                let file_name = file_name_of(&real);
+                self.has_version(&file_name).then(|| Library {
+                    soname: e.key.clone(),
+                    host_path: real,
+                    file_name,
+                    cache_flags: e.flags,
+                })
+            })
+    }
+
+    fn by_scan(&mut self, prefix: &str, flags: i32) -> Option<Library> {
+        for dir in library_dirs() {
+            let names = self.listing(&dir).to_vec();
+            for name in names {
+                if !name.starts_with(prefix) || !self.has_version(&name) {
+                    continue;
+                }
+                let Ok(real) = self.root.real_path(&format!("/{dir}/{name}")) else {
+                    continue;
+                };
+                let Ok(info) = crate::elf::read(&real) else {
+                    continue;
+                };
+                if info.cache_flags != flags {
+                    continue;
+                }
+                return Some(Library {
+                    soname: info.soname.unwrap_or_else(|| name.clone()),
+                    file_name: file_name_of(&real),
+                    host_path: real,
+                    cache_flags: flags,
+                });
+            }
+        }
+        None
+    }
+
+    fn listing(&mut self, dir: &str) -> &[String] {
+        let root = &self.root_path;
+        self.listings.entry(dir.to_owned()).or_insert_with(|| {
+            let mut v: Vec<String> = std::fs::read_dir(root.join(dir))
+                .map(|it| {
+                    it.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        })
+    }
+
+    /// Find a driver binary: configured directories first, then `bin` beside each directory the
+    /// driver's libraries were found in (`/usr/local/nvidia/lib64` -> `/usr/local/nvidia/bin`),
+    /// then the standard ones.
+    pub fn find_binary(
+        &self,
+        name: &str,
+        extra_dirs: &[PathBuf],
+        lib_dirs: &[PathBuf],
+    ) -> Option<Binary> {
+        let beside_libs = lib_dirs
+            .iter()
+            .filter_map(|d| d.parent().map(|p| p.join("bin")))
+            .filter_map(|d| d.strip_prefix(&self.root_path).ok().map(Path::to_path_buf));
+        let dirs = extra_dirs
+            .iter()
+            .cloned()
+            .chain(beside_libs)
+            .chain(BINARY_DIRS.iter().map(PathBuf::from));
+        for dir in dirs {
+            let rel = format!("/{}/{name}", dir.to_string_lossy().trim_start_matches('/'));
+            let Ok(real) = self.root.real_path(&rel) else {
+                continue;
+            };
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(&real)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            {
+                return Some(Binary {
+                    name: name.to_owned(),
+                    host_path: real,
+                });
+            }
+        }
+        None
+    }
+
+    /// The GSP firmware files of this driver version: `nvidia/<version>/gsp*.bin` under the
+    /// kernel's firmware search path (its custom path first, when the driver root is `/`).
+    pub fn find_firmware(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<String> = Vec::new();
+        if self.root_path == Path::new("/") {
+            if let Ok(custom) =
+                std::fs::read_to_string("/sys/module/firmware_class/parameters/path")
+            {
+                let custom = custom.trim();
+                if !custom.is_empty() {
+                    dirs.push(custom.to_owned());
+                }
+            }
+        }
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dirs.push(format!("/lib/firmware/updates/{release}"));
+        dirs.push("/lib/firmware/updates".into());
+        dirs.push(format!("/lib/firmware/{release}"));
+        dirs.push("/lib/firmware".into());
+        for d in dirs {
+            let rel = format!("{}/nvidia/{}", d.trim_end_matches('/'), self.version);
+            let Ok(real) = self.root.real_path(&rel) else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(&real) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.starts_with("gsp") && n.ends_with(".bin")
+                })
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            if !files.is_empty() {
+                files.sort();
+                return files;
+            }
+        }
+        Vec::new()
+    }
+}

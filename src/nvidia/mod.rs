@@ -1,0 +1,366 @@
+//! The NVIDIA device class: the `NVIDIA_*` contract, the host's driver, and the plan for one
+//! container.
+
+pub mod catalog;
+pub mod gpus;
+pub mod libraries;
+pub mod request;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::devnode::{HostNode, stat_node};
+use crate::error::Error;
+use crate::layout::Layout;
+use crate::plan::{MountFlags, Plan};
+use gpus::Gpu;
+use libraries::{Binary, DriverRoot, Library};
+use request::{Capabilities, Devices, Request, VISIBLE_DEVICES};
+
+const NODE_HINT: &str = "the driver creates it on first use: run `nvidia-smi` (or `nvidia-modprobe -u -c=0`) on the host, or check dev-root in the config";
+
+/// What the host offers for one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub driver_version: String,
+    pub gpus: Vec<Gpu>,
+    /// The GPUs the request selects, in request order.
+    pub selected: Vec<Gpu>,
+    pub control_nodes: Vec<HostNode>,
+    pub gpu_nodes: Vec<HostNode>,
+    pub libraries: Vec<Library>,
+    pub binaries: Vec<Binary>,
+    pub firmware: Vec<PathBuf>,
+}
+
+/// Match one `NVIDIA_VISIBLE_DEVICES` token against the host's GPUs, as nvidia-container-cli
+/// does: full UUID (case-insensitive), PCI bus id `domain:bus:device[.fn]`, or NVML index.
+fn match_token<'g>(tok: &str, gpus: &'g [Gpu]) -> Option<&'g Gpu> {
+    if tok.len() > 4 && tok[..4].eq_ignore_ascii_case("GPU-") {
+        return gpus.iter().find(|g| g.uuid.eq_ignore_ascii_case(tok));
+    }
+    if let Some(bus) = parse_bus_id(tok) {
+        return gpus.iter().find(|g| parse_bus_id(&g.bus_id) == Some(bus));
+    }
+    let digits = tok.strip_prefix('+').unwrap_or(tok);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        let i: u64 = digits.parse().ok()?;
+        return gpus.iter().find(|g| u64::from(g.index) == i);
+    }
+    None
+}
+
+/// `domain:bus:device[.function]` in hex -> (domain, bus, device).
+fn parse_bus_id(s: &str) -> Option<(u64, u64, u64)> {
+    let mut it = s.split(':');
+    let (d, b, rest) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    let dev = rest.split_once('.').map_or(rest, |(dev, _)| dev);
+    let hex = |x: &str| {
+        (!x.is_empty() && x.len() <= 8)
+            .then(|| u64::from_str_radix(x, 16).ok())
+            .flatten()
+    };
+    Some((hex(d)?, hex(b)?, hex(dev)?))
+}
+
+fn describe_gpus(gpus: &[Gpu]) -> String {
+    if gpus.is_empty() {
+        return "no GPUs".into();
+    }
+    let list: Vec<String> = gpus
+        .iter()
+        .map(|g| format!("{} ({}, {}, {})", g.index, g.uuid, g.bus_id, g.model))
+        .collect();
+    format!("{} GPU(s): {}", gpus.len(), list.join("; "))
+}
+
+/// The GPUs a request selects, deduplicated, in first-mention order.
+pub fn select(devices: &Devices, gpus: &[Gpu]) -> Result<Vec<Gpu>, Error> {
+    let toks = match devices {
+        Devices::None => return Ok(Vec::new()),
+        Devices::All => return Ok(gpus.to_vec()),
+        Devices::List(t) => t,
+    };
+    let mut out: Vec<Gpu> = Vec::new();
+    for t in toks {
+        // nvidia-container-cli matches `all` case-insensitively and stops there.
+        if t.eq_ignore_ascii_case("all") {
+            return Ok(gpus.to_vec());
+        }
+        if t.len() > 4 && t[..4].eq_ignore_ascii_case("MIG-")
+            || (t.contains(':') && parse_bus_id(t).is_none())
+        {
+            return Err(Error::BadRequest {
+                var: VISIBLE_DEVICES.into(),
+                reason: format!(
+                    "{t:?} names a MIG device; MIG is not supported by this version of nvhook"
+                ),
+            });
+        }
+        let g = match_token(t, gpus).ok_or_else(|| Error::UnknownDevice {
+            var: VISIBLE_DEVICES.into(),
+            id: t.clone(),
+            available: describe_gpus(gpus),
+        })?;
+        if !out.iter().any(|o| o.uuid == g.uuid) {
+            out.push(g.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Libraries that must be there when their capability is asked for; a driver install without
+/// them is broken, and a container without them would fail in a confusing way later.
+const REQUIRED_LIBS: &[(&str, request::Capability)] = &[
+    ("libcuda.so", request::Capability::Compute),
+    ("libnvidia-ml.so", request::Capability::Utility),
+];
+
+impl Inventory {
+    /// Discover what `request` needs from the host.
+    pub fn discover(config: &Config, req: &Request) -> Result<Inventory, Error> {
+        let driver_version = gpus::driver_version(&config.proc_root)?;
+        let all_gpus = gpus::discover(&config.proc_root)?;
+        let selected = select(&req.devices, &all_gpus)?;
+        let caps = &req.capabilities;
+
+        let node = |name: &str, required: bool| -> Result<Option<HostNode>, Error> {
+            match stat_node(&config.dev_root, name) {
+                Ok(Some(n)) => Ok(Some(n)),
+                Ok(None) if !required => {
+                    log::warn!(
+                        "device node {} not found; skipped",
+                        config.dev_root.join("dev").join(name).display()
+                    );
+                    Ok(None)
+                }
+                Ok(None) => Err(Error::DeviceNode {
+                    path: config.dev_root.join("dev").join(name),
+                    reason: "not found".into(),
+                    hint: NODE_HINT,
+                }),
+                Err(e) => Err(Error::DeviceNode {
+                    path: config.dev_root.join("dev").join(name),
+                    reason: e.to_string(),
+                    hint: NODE_HINT,
+                }),
+            }
+        };
+        let mut control_nodes = Vec::new();
+        control_nodes.extend(node("nvidiactl", true)?);
+        if catalog::wants_uvm(caps) {
+            control_nodes.extend(node("nvidia-uvm", false)?);
+            control_nodes.extend(node("nvidia-uvm-tools", false)?);
+        }
+        if catalog::wants_modeset(caps) {
+            control_nodes.extend(node("nvidia-modeset", false)?);
+        }
+        let mut gpu_nodes = Vec::new();
+        for g in &selected {
+            gpu_nodes.extend(node(&format!("nvidia{}", g.minor), true)?);
+        }
+
+        let mut root = DriverRoot::open(&config.driver_root, &driver_version)?;
+        let flags = crate::ldcache::native_flags();
+        let mut libraries: Vec<Library> = Vec::new();
+        for name in catalog::library_names(caps) {
+            match root.find_library(name, flags) {
+                Some(lib) => {
+                    if !libraries.iter().any(|l| l.host_path == lib.host_path) {
+                        libraries.push(lib);
+                    }
+                }
+                None => {
+                    if let Some((_, cap)) = REQUIRED_LIBS
+                        .iter()
+                        .find(|(n, c)| *n == name && caps.has(*c))
+                    {
+                        return Err(Error::LibraryMissing {
+                            name: format!("{name}.{driver_version} (needed for '{cap}')"),
+                            root: config.driver_root.clone(),
+                            hint: "check that the driver is fully installed and that driver-root in the config points at it",
+                        });
+                    }
+                    log::debug!("driver library {name} not found; skipped");
+                }
+            }
+        }
+        let lib_dirs: Vec<PathBuf> = libraries
+            .iter()
+            .filter_map(|l| l.host_path.parent().map(PathBuf::from))
+            .collect();
+        let mut binaries = Vec::new();
+        for name in catalog::binary_names(caps) {
+            match root.find_binary(name, &config.binary_dirs, &lib_dirs) {
+                Some(b) => binaries.push(b),
+                None => log::debug!("driver binary {name} not found; skipped"),
+            }
+        }
+        let firmware = root.find_firmware();
+        Ok(Inventory {
+            driver_version,
+            gpus: all_gpus,
+            selected,
+            control_nodes,
+            gpu_nodes,
+            libraries,
+            binaries,
+            firmware,
+        })
+    }
+}
+
+/// What a plan is for (printed by `nvhook plan`).
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    class: &'static str,
+    driver_version: &'a str,
+    gpus: &'a [Gpu],
+    capabilities: &'a Capabilities,
+    layout: &'a Layout,
+}
+
+/// The plan for one container: pure, from the request, the inventory and the image's layout.
+pub fn plan(req: &Request, inv: &Inventory, layout: &Layout) -> Plan {
+    let mut p = Plan {
+        summary: serde_json::to_value(Summary {
+            class: "nvidia",
+            driver_version: &inv.driver_version,
+            gpus: &inv.selected,
+            capabilities: &req.capabilities,
+            layout,
+        })
+        .unwrap_or_default(),
+        ..Plan::default()
+    };
+    for n in inv.control_nodes.iter().chain(&inv.gpu_nodes) {
+        p.add_device(n.clone());
+    }
+    let dir = layout.lib_dir.trim_end_matches('/');
+    for lib in &inv.libraries {
+        p.add_mount(
+            lib.host_path.clone(),
+            format!("{dir}/{}", lib.file_name),
+            false,
+            MountFlags::CODE,
+        );
+        if lib.soname != lib.file_name {
+            p.add_symlink(format!("{dir}/{}", lib.soname), lib.file_name.clone());
+        }
+        p.add_ldcache(
+            lib.soname.clone(),
+            format!("{dir}/{}", lib.soname),
+            lib.cache_flags,
+        );
+    }
+    for (prefix, link, target) in catalog::EXTRA_LINKS {
+        if inv
+            .libraries
+            .iter()
+            .any(|l| l.file_name.starts_with(prefix))
+        {
+            p.add_symlink(
+                format!("{dir}/{link}"),
+                target.replace("{ver}", &inv.driver_version),
+            );
+        }
+    }
+    for b in &inv.binaries {
+        p.add_mount(
+            b.host_path.clone(),
+            format!("{}/{}", layout.bin_dir, b.name),
+            false,
+            MountFlags::CODE,
+        );
+    }
+    for f in &inv.firmware {
+        if let Some(name) = f.file_name() {
+            p.add_mount(
+                f.clone(),
+                format!(
+                    "/lib/firmware/nvidia/{}/{}",
+                    inv.driver_version,
+                    name.to_string_lossy()
+                ),
+                false,
+                MountFlags::DATA,
+            );
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, uuid: &str, bus: &str, minor: u32) -> Gpu {
+        Gpu {
+            index,
+            uuid: uuid.into(),
+            minor,
+            bus_id: bus.into(),
+            model: "Fake".into(),
+        }
+    }
+
+    /// Device selection, each row citing nvidia-container-cli (src/cli/common.c select_devices).
+    #[test]
+    fn selection_table() {
+        let gpus = [
+            gpu(0, "GPU-aaaa-1111", "0000:3b:00.0", 1),
+            gpu(1, "GPU-bbbb-2222", "0000:86:00.0", 0),
+        ];
+        let l = |t: &[&str]| Devices::List(t.iter().map(|s| s.to_string()).collect());
+        let uuids = |v: Vec<Gpu>| v.into_iter().map(|g| g.uuid).collect::<Vec<_>>();
+        let rows: &[(Devices, &[&str], &str)] = &[
+            (
+                Devices::All,
+                &["GPU-aaaa-1111", "GPU-bbbb-2222"],
+                "all: every GPU in index order",
+            ),
+            (Devices::None, &[], "none: no GPU"),
+            (l(&["1"]), &["GPU-bbbb-2222"], "decimal NVML index"),
+            (
+                l(&["1", "0"]),
+                &["GPU-bbbb-2222", "GPU-aaaa-1111"],
+                "order of first mention",
+            ),
+            (
+                l(&["0", "GPU-AAAA-1111"]),
+                &["GPU-aaaa-1111"],
+                "duplicates by identity; UUID case-insensitive",
+            ),
+            (l(&["0000:86:00.0"]), &["GPU-bbbb-2222"], "PCI bus id"),
+            (l(&["86:00.0"]), &[], "bus id needs the domain"),
+            (
+                l(&["ALL"]),
+                &["GPU-aaaa-1111", "GPU-bbbb-2222"],
+                "the cli matches all case-insensitively",
+            ),
+            (l(&["+0"]), &["GPU-aaaa-1111"], "strtoumax accepts a sign"),
+        ];
+        for (dev, want, why) in rows {
+            match select(dev, &gpus) {
+                Ok(v) => assert_eq!(uuids(v), *want, "{why}"),
+                Err(e) => assert!(want.is_empty(), "{why}: {e}"),
+            }
+        }
+        for bad in ["2", "GPU-aaaa", "GPU-cccc-3333", "0000:99:00.0", "x"] {
+            let e = select(&l(&[bad]), &gpus).unwrap_err().to_string();
+            assert!(
+                e.contains(bad) && e.contains("GPU-aaaa-1111") && e.contains("GPU-bbbb-2222"),
+                "{e}"
+            );
+        }
+        let e = select(&l(&["0"]), &[]).unwrap_err().to_string();
+        assert!(e.contains("no GPUs"), "{e}");
+        let e = select(&l(&["MIG-1234"]), &gpus).unwrap_err().to_string();
+        assert!(e.contains("MIG"), "{e}");
+    }
+}

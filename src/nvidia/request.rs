@@ -1,0 +1,441 @@
+//! The container's `NVIDIA_*` environment -> a typed request.
+//!
+//! Semantics follow NVIDIA's container toolkit (`internal/config/image/cuda_image.go`,
+//! `capabilities.go`, `cmd/nvidia-container-runtime-hook/container_config.go`, v1.17-1.20) and
+//! libnvidia-container's device selection (`src/cli/common.c`). Each rule is a test below.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+pub const DRIVER_CAPABILITIES: &str = "NVIDIA_DRIVER_CAPABILITIES";
+pub const REQUIRE_CUDA: &str = "NVIDIA_REQUIRE_CUDA";
+pub const CUDA_VERSION: &str = "CUDA_VERSION";
+
+/// Which GPUs the container asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Devices {
+    /// Every GPU.
+    All,
+    /// No GPU, but the driver's files and control nodes for the capabilities (`none`).
+    None,
+    /// These device ids (index, `GPU-<uuid>`, PCI bus id), deduplicated in first-seen order.
+    List(Vec<String>),
+}
+
+/// A driver capability (`NVIDIA_DRIVER_CAPABILITIES` word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    Compat32,
+    Compute,
+    Display,
+    Graphics,
+    Ngx,
+    Utility,
+    Video,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 7] = [
+        Capability::Compat32,
+        Capability::Compute,
+        Capability::Display,
+        Capability::Graphics,
+        Capability::Ngx,
+        Capability::Utility,
+        Capability::Video,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Compat32 => "compat32",
+            Capability::Compute => "compute",
+            Capability::Display => "display",
+            Capability::Graphics => "graphics",
+            Capability::Ngx => "ngx",
+            Capability::Utility => "utility",
+            Capability::Video => "video",
+        }
+    }
+
+    /// Case-sensitive, as the toolkit matches them.
+    pub fn from_name(s: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of capabilities, printed sorted and comma-joined like the toolkit prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(transparent)]
+pub struct Capabilities(pub BTreeSet<Capability>);
+
+impl Capabilities {
+    pub fn all() -> Self {
+        Capabilities(Capability::ALL.into_iter().collect())
+    }
+    /// The toolkit's default: `compute,utility`.
+    pub fn default_set() -> Self {
+        Capabilities(
+            [Capability::Compute, Capability::Utility]
+                .into_iter()
+                .collect(),
+        )
+    }
+    pub fn has(&self, c: Capability) -> bool {
+        self.0.contains(&c)
+    }
+    pub fn intersect(&self, other: &Capabilities) -> Capabilities {
+        Capabilities(self.0.intersection(&other.0).copied().collect())
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self.0.iter().map(|c| c.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// The container's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Request {
+    pub devices: Devices,
+    pub capabilities: Capabilities,
+    /// A "legacy" CUDA image: `CUDA_VERSION` set and `NVIDIA_REQUIRE_CUDA` empty or unset.
+    pub legacy: bool,
+}
+
+/// The environment as the toolkit sees it: `KEY=VALUE` split at the first `=`; a later entry
+/// of the same key wins (it builds a map in order). Entries without `=` carry no value and are
+/// skipped (the toolkit rejects the whole container for one; nvhook only ignores it, so that a
+/// non-GPU container is never refused by a GPU hook).
+pub fn env_map(env: &[String]) -> HashMap<&str, &str> {
+    env.iter().filter_map(|e| e.split_once('=')).collect()
+}
+
+/// Split a device list: commas, each token trimmed, empty tokens dropped.
+fn tokens(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+impl Request {
+    /// Parse the container's environment. `Ok(None)` means "not a GPU container": nvhook does
+    /// nothing at all. `supported` is the host's allowed capability set (config).
+    pub fn from_env(env: &[String], supported: &Capabilities) -> Result<Option<Request>, Error> {
+        let map = env_map(env);
+        let legacy = map.get(CUDA_VERSION).is_some_and(|v| !v.is_empty())
+            && map.get(REQUIRE_CUDA).is_none_or(|v| v.is_empty());
+
+        let devices = match map.get(VISIBLE_DEVICES) {
+            // Unset: a legacy CUDA image gets every GPU; anything else is not a GPU container.
+            None if legacy => Devices::All,
+            None => return Ok(None),
+            Some(v) => match parse_devices(v) {
+                Some(d) => d,
+                None => return Ok(None),
+            },
+        };
+        let capabilities =
+            parse_capabilities(map.get(DRIVER_CAPABILITIES).copied(), legacy, supported)?;
+        Ok(Some(Request {
+            devices,
+            capabilities,
+            legacy,
+        }))
+    }
+}
+
+/// `NVIDIA_VISIBLE_DEVICES` value -> devices, or None for "void" (empty, only commas, or any
+/// token `void`). The first of `all`/`none` decides; both are case-sensitive in the toolkit.
+pub fn parse_devices(v: &str) -> Option<Devices> {
+    let toks: Vec<&str> = tokens(v).collect();
+    if toks.is_empty() || toks.contains(&"void") {
+        return None;
+    }
+    for t in &toks {
+        match *t {
+            "all" => return Some(Devices::All),
+            "none" => return Some(Devices::None),
+            _ => {}
+        }
+    }
+    let mut seen = Vec::<String>::new();
+    for t in toks {
+        if !seen.iter().any(|s| s == t) {
+            seen.push(t.to_owned());
+        }
+    }
+    Some(Devices::List(seen))
+}
+
+/// `NVIDIA_DRIVER_CAPABILITIES` -> capabilities, as the toolkit's legacy hook computes them:
+/// unset or empty: `compute,utility` (all supported ones for an unset legacy image); `all`: all
+/// supported; otherwise the listed words, and any word that is not a supported capability is an
+/// error (`none` too), unless `all` is also listed.
+pub fn parse_capabilities(
+    value: Option<&str>,
+    legacy: bool,
+    supported: &Capabilities,
+) -> Result<Capabilities, Error> {
+    let value = match value {
+        None if legacy => return Ok(supported.clone()),
+        None => return Ok(Capabilities::default_set().intersect(supported)),
+        Some("") => return Ok(Capabilities::default_set().intersect(supported)),
+        Some(v) => v,
+    };
+    let words: BTreeSet<&str> = tokens(value).collect();
+    if words.contains("all") {
+        return Ok(supported.clone());
+    }
+    let mut caps = Capabilities::default();
+    let mut unknown = Vec::new();
+    for w in &words {
+        match Capability::from_name(w).filter(|c| supported.has(*c)) {
+            Some(c) => {
+                caps.0.insert(c);
+            }
+            None => unknown.push(*w),
+        }
+    }
+    if !unknown.is_empty() {
+        let asked: Vec<&str> = words.iter().copied().collect();
+        return Err(Error::BadRequest {
+            var: DRIVER_CAPABILITIES.into(),
+            reason: format!(
+                "unsupported capabilities found in '{}' (allowed '{}'): {} not one of {}",
+                asked.join(","),
+                caps,
+                unknown.join(", "),
+                supported
+            ),
+        });
+    }
+    Ok(caps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[&str]) -> Vec<String> {
+        vars.iter().map(|s| s.to_string()).collect()
+    }
+    fn req(vars: &[&str]) -> Option<Request> {
+        Request::from_env(&env(vars), &Capabilities::all()).unwrap()
+    }
+    fn list(ids: &[&str]) -> Devices {
+        Devices::List(ids.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// NVIDIA_VISIBLE_DEVICES, each row citing the toolkit behaviour it mirrors
+    /// (cuda_image.go devicesFromEnvvars + devices.go NewVisibleDevices).
+    #[test]
+    fn visible_devices_table() {
+        let rows: &[(&[&str], Option<Devices>, &str)] = &[
+            (&[], None, "unset: same behaviour as runc"),
+            (
+                &["NVIDIA_VISIBLE_DEVICES="],
+                None,
+                "empty: same behaviour as runc",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=void"],
+                None,
+                "void: same behaviour as runc",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES= , ,"],
+                None,
+                "only empty tokens: void",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0,void"],
+                None,
+                "void anywhere wins",
+            ),
+            (&["NVIDIA_VISIBLE_DEVICES=all"], Some(Devices::All), "all"),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=none"],
+                Some(Devices::None),
+                "none: driver, no GPU",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0,all"],
+                Some(Devices::All),
+                "first special token decides",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=none,all"],
+                Some(Devices::None),
+                "first special token decides",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=ALL"],
+                Some(list(&["ALL"])),
+                "special words are case-sensitive",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES= 1 , 0 "],
+                Some(list(&["1", "0"])),
+                "tokens trimmed, order kept",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0,1,0"],
+                Some(list(&["0", "1"])),
+                "duplicates dropped (cli: first appearance)",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_VISIBLE_DEVICES=1"],
+                Some(list(&["1"])),
+                "last entry wins (env map)",
+            ),
+            (
+                &["CUDA_VERSION=12.4.0"],
+                Some(Devices::All),
+                "legacy image, unset: all",
+            ),
+            (
+                &["CUDA_VERSION=12.4.0", "NVIDIA_REQUIRE_CUDA="],
+                Some(Devices::All),
+                "empty REQUIRE_CUDA is still legacy",
+            ),
+            (
+                &["CUDA_VERSION=12.4.0", "NVIDIA_REQUIRE_CUDA=cuda>=12.4"],
+                None,
+                "not legacy: unset means no GPU",
+            ),
+            (
+                &["CUDA_VERSION=12.4.0", "NVIDIA_VISIBLE_DEVICES="],
+                None,
+                "legacy but set to empty: void",
+            ),
+            (&["CUDA_VERSION="], None, "empty CUDA_VERSION is not legacy"),
+        ];
+        for (vars, want, why) in rows {
+            let got = req(vars).map(|r| r.devices);
+            assert_eq!(&got, want, "{why}: {vars:?}");
+        }
+    }
+
+    /// NVIDIA_DRIVER_CAPABILITIES (container_config.go getDriverCapabilities).
+    #[test]
+    fn capabilities_table() {
+        use Capability::*;
+        let c = |v: &[Capability]| Capabilities(v.iter().copied().collect());
+        let rows: &[(&[&str], Capabilities, &str)] = &[
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all"],
+                c(&[Compute, Utility]),
+                "unset: default compute,utility",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES="],
+                c(&[Compute, Utility]),
+                "empty: default",
+            ),
+            (
+                &[
+                    "NVIDIA_VISIBLE_DEVICES=all",
+                    "NVIDIA_DRIVER_CAPABILITIES=all",
+                ],
+                Capabilities::all(),
+                "all: every supported",
+            ),
+            (
+                &[
+                    "NVIDIA_VISIBLE_DEVICES=all",
+                    "NVIDIA_DRIVER_CAPABILITIES=utility",
+                ],
+                c(&[Utility]),
+                "one word",
+            ),
+            (
+                &[
+                    "NVIDIA_VISIBLE_DEVICES=all",
+                    "NVIDIA_DRIVER_CAPABILITIES= compute , video ",
+                ],
+                c(&[Compute, Video]),
+                "trimmed",
+            ),
+            (
+                &[
+                    "NVIDIA_VISIBLE_DEVICES=all",
+                    "NVIDIA_DRIVER_CAPABILITIES=all,foo",
+                ],
+                Capabilities::all(),
+                "unknown words next to all are accepted",
+            ),
+            (
+                &["CUDA_VERSION=11.0"],
+                Capabilities::all(),
+                "legacy, unset: all supported",
+            ),
+            (
+                &["CUDA_VERSION=11.0", "NVIDIA_DRIVER_CAPABILITIES="],
+                c(&[Compute, Utility]),
+                "legacy, empty: default",
+            ),
+        ];
+        for (vars, want, why) in rows {
+            assert_eq!(&req(vars).unwrap().capabilities, want, "{why}: {vars:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_capabilities_are_an_error_like_the_toolkit() {
+        for bad in ["compute,foo", "none", "Compute"] {
+            let e = Request::from_env(
+                &env(&[
+                    "NVIDIA_VISIBLE_DEVICES=all",
+                    &format!("NVIDIA_DRIVER_CAPABILITIES={bad}"),
+                ]),
+                &Capabilities::all(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("NVIDIA_DRIVER_CAPABILITIES"), "{e}");
+            assert!(e.contains("unsupported capabilities found in"), "{e}");
+        }
+    }
+
+    #[test]
+    fn host_supported_set_limits_capabilities() {
+        let supported = Capabilities([Capability::Utility].into_iter().collect());
+        let r = Request::from_env(&env(&["NVIDIA_VISIBLE_DEVICES=all"]), &supported)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.capabilities.to_string(), "utility");
+        assert!(
+            Request::from_env(
+                &env(&[
+                    "NVIDIA_VISIBLE_DEVICES=all",
+                    "NVIDIA_DRIVER_CAPABILITIES=compute"
+                ]),
+                &supported
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn entries_without_equals_are_ignored() {
+        assert_eq!(
+            req(&["GARBAGE", "NVIDIA_VISIBLE_DEVICES=0"])
+                .unwrap()
+                .devices,
+            list(&["0"])
+        );
+    }
+}

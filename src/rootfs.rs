@@ -1,0 +1,667 @@
+//! Paths inside a root directory (the container's rootfs, the driver root), resolved with the
+//! kernel's help.
+//!
+//! The rootfs belongs to the image's author: any component of any path may be a symlink to `/`,
+//! to `../../..`, to `/proc/self/root`, and may be swapped while we work (CVE-2024-0132 was exactly
+//! that race in NVIDIA's toolkit). So no path string is ever joined onto the rootfs path and
+//! handed to a syscall. Every lookup is `openat2(rootfd, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`,
+//! which makes the kernel treat the rootfs as `/` for `..` and absolute symlinks, refuses
+//! `/proc/*/fd`-style magic links, and fails with EAGAIN rather than resolve across a concurrent
+//! rename. Everything after that works on the returned descriptor (`*at` calls, `move_mount`),
+//! so a swap after the lookup changes nothing: the descriptor still names the inode we checked.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+/// Errors of in-root operations; `path` is always the container path, as the user would see it.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("cannot open the container rootfs {path}: {source}")]
+    OpenRoot { path: PathBuf, source: Errno },
+    #[error("container path {path} is not a clean absolute path")]
+    BadPath { path: String },
+    #[error("cannot resolve {path} inside the container rootfs: {source}")]
+    Resolve { path: String, source: Errno },
+    #[error("cannot create {path} inside the container rootfs: {source}")]
+    Create { path: String, source: Errno },
+    #[error("{path} inside the container rootfs is {found}, expected {expected}")]
+    WrongType {
+        path: String,
+        found: &'static str,
+        expected: &'static str,
+    },
+    #[error("cannot write {path} inside the container rootfs: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} inside the container rootfs is larger than {limit} bytes")]
+    TooLarge { path: String, limit: u64 },
+}
+
+type Result<T> = std::result::Result<T, RootfsError>;
+
+/// How many times to retry a lookup the kernel refused with EAGAIN (a rename or mount raced it).
+const EAGAIN_RETRIES: usize = 32;
+
+/// The container's rootfs, opened once. All paths given to its methods are container paths
+/// (`/usr/lib/...`), which may be absolute; `..` and `.` components are refused.
+pub struct Rootfs {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// What a path inside the rootfs is, without following a final symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Other,
+}
+
+impl Kind {
+    fn of(mode: u32) -> Kind {
+        match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFDIR => Kind::Dir,
+            SFlag::S_IFREG => Kind::File,
+            SFlag::S_IFLNK => Kind::Symlink,
+            _ => Kind::Other,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Dir => "a directory",
+            Kind::File => "a regular file",
+            Kind::Symlink => "a symlink",
+            Kind::Other => "a device, FIFO or socket",
+        }
+    }
+}
+
+/// Split a container path into its normal components, refusing `..` (and NUL bytes, which
+/// `Path` cannot carry anyway).
+fn components(path: &str) -> Result<Vec<&str>> {
+    let mut out = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(s) => out.push(s.to_str().ok_or_else(|| RootfsError::BadPath {
+                path: path.to_owned(),
+            })?),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(RootfsError::BadPath {
+                    path: path.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn in_root(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+impl Rootfs {
+    /// Open the rootfs directory. `path` comes from the runtime (the bundle's `root.path`), not from
+    /// the image, so it is opened normally.
+    pub fn open(path: &Path) -> Result<Rootfs> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| RootfsError::OpenRoot {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Rootfs {
+            fd,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `openat2` in the root, retrying when the kernel reports a concurrent rename (EAGAIN).
+    fn openat2_in_root(&self, rel: &str, flags: OFlag) -> std::result::Result<OwnedFd, Errno> {
+        let rel = if rel.is_empty() { "." } else { rel };
+        for _ in 0..EAGAIN_RETRIES {
+            match openat2(self.fd.as_fd(), rel, in_root(flags)) {
+                Err(Errno::EAGAIN) => continue,
+                r => return r,
+            }
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    /// Resolve an existing path (following symlinks, inside the root) to an `O_PATH` descriptor.
+    pub fn resolve(&self, path: &str) -> Result<OwnedFd> {
+        let rel = components(path)?.join("/");
+        self.openat2_in_root(&rel, OFlag::O_PATH)
+            .map_err(|source| RootfsError::Resolve {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    /// The absolute path, in the current mount namespace, of what `path` resolves to inside the
+    /// root (all symlinks followed in-root). Used for the driver root, whose files are then
+    /// bind-mounted by that path.
+    pub fn real_path(&self, path: &str) -> Result<PathBuf> {
+        let fd = self.resolve(path)?;
+        nix::fcntl::readlink(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)).as_str(),
+        )
+        .map(PathBuf::from)
+        .map_err(|source| RootfsError::Resolve {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The kind of what `path` resolves to (following in-root symlinks), or None if nothing is there.
+    pub fn kind(&self, path: &str) -> Result<Option<Kind>> {
+        match self.resolve(path) {
+            Ok(fd) => {
+                let st = fstat(&fd).map_err(|source| RootfsError::Resolve {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Ok(Some(Kind::of(st.st_mode)))
+            }
+            Err(RootfsError::Resolve {
+                source: Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `mkdir -p` inside the root: returns an `O_PATH` descriptor of the directory. Existing
+    /// components may be in-root symlinks; a component that exists but is not a directory, or a
+    /// dangling symlink, is an error naming it.
+    pub fn mkdir_all(&self, path: &str) -> Result<OwnedFd> {
+        let comps = components(path)?;
+        // Fast path: it usually exists.
+        match self.openat2_in_root(&comps.join("/"), OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => {}
+            Err(source) => {
+                return Err(RootfsError::Resolve {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        let mut cur = self
+            .openat2_in_root("", OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(|source| RootfsError::Resolve {
+                path: "/".into(),
+                source,
+            })?;
+        for (i, name) in comps.iter().enumerate() {
+            let so_far = comps[..=i].join("/");
+            let shown = format!("/{so_far}");
+            match self.openat2_in_root(&so_far, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                Ok(fd) => {
+                    cur = fd;
+                    continue;
+                }
+                Err(Errno::ENOENT) => {}
+                Err(source) => {
+                    return Err(RootfsError::Resolve {
+                        path: shown,
+                        source,
+                    });
+                }
+            }
+            // `cur` is a directory inside the root; create the next component there. EEXIST means a
+            // racing creation or a dangling symlink: the no-follow open below tells which.
+            match mkdirat(cur.as_fd(), *name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(source) => {
+                    return Err(RootfsError::Create {
+                        path: shown,
+                        source,
+                    });
+                }
+            }
+            let next = openat(
+                cur.as_fd(),
+                *name,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            );
+            cur = match next {
+                Ok(fd) => fd,
+                Err(Errno::ENOTDIR | Errno::ELOOP) => {
+                    let found =
+                        fstatat(cur.as_fd(), *name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                            .map(|st| Kind::of(st.st_mode))
+                            .unwrap_or(Kind::Other);
+                    return Err(RootfsError::WrongType {
+                        path: shown,
+                        found: if found == Kind::Symlink {
+                            "a dangling symlink"
+                        } else {
+                            found.name()
+                        },
+                        expected: "a directory",
+                    });
+                }
+                Err(source) => {
+                    return Err(RootfsError::Resolve {
+                        path: shown,
+                        source,
+                    });
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// The parent directory of `path` (created if missing) and the final name.
+    fn parent_of<'p>(&self, path: &'p str) -> Result<(OwnedFd, &'p str)> {
+        let comps = components(path)?;
+        let Some((name, dirs)) = comps.split_last() else {
+            return Err(RootfsError::BadPath {
+                path: path.to_owned(),
+            });
+        };
+        // `name` borrows from `path`, so it can be returned alongside the fd.
+        let dir = self.mkdir_all(&format!("/{}", dirs.join("/")))?;
+        Ok((dir, name))
+    }
+
+    /// Make sure a non-directory exists at `path` to bind-mount a file or device node on, and
+    /// return an `O_PATH` descriptor of it. An existing in-root symlink is followed (the mount
+    /// lands on its target, inside the root); a dangling one is replaced by an empty file.
+    pub fn mount_point_file(&self, path: &str) -> Result<OwnedFd> {
+        self.mount_point(path, false)
+    }
+
+    /// Make sure a directory exists at `path` to mount on; returns an `O_PATH` descriptor of it.
+    pub fn mount_point_dir(&self, path: &str) -> Result<OwnedFd> {
+        self.mount_point(path, true)
+    }
+
+    fn mount_point(&self, path: &str, dir: bool) -> Result<OwnedFd> {
+        let expected = if dir { "a directory" } else { "a file" };
+        let fd = if dir {
+            self.mkdir_all(path)?
+        } else {
+            match self.resolve(path) {
+                Ok(fd) => fd,
+                Err(RootfsError::Resolve {
+                    source: Errno::ENOENT,
+                    ..
+                }) => self.create_empty_file(path)?,
+                Err(e) => return Err(e),
+            }
+        };
+        let st = fstat(&fd).map_err(|source| RootfsError::Resolve {
+            path: path.to_owned(),
+            source,
+        })?;
+        let found = Kind::of(st.st_mode);
+        if (found == Kind::Dir) != dir {
+            return Err(RootfsError::WrongType {
+                path: path.to_owned(),
+                found: found.name(),
+                expected,
+            });
+        }
+        Ok(fd)
+    }
+
+    fn create_empty_file(&self, path: &str) -> Result<OwnedFd> {
+        let (dir, name) = self.parent_of(path)?;
+        let create = |dir: BorrowedFd<'_>| {
+            openat(
+                dir,
+                name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+        };
+        match create(dir.as_fd()) {
+            Ok(_) => {}
+            Err(Errno::EEXIST) => {
+                // Something appeared since the lookup: a dangling symlink (resolve gave ENOENT) or a
+                // racing creation. Replace a symlink; accept anything else and re-check below.
+                let st = fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|source| RootfsError::Create {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                if Kind::of(st.st_mode) == Kind::Symlink {
+                    unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(|source| {
+                        RootfsError::Create {
+                            path: path.to_owned(),
+                            source,
+                        }
+                    })?;
+                    create(dir.as_fd()).map_err(|source| RootfsError::Create {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                }
+            }
+            Err(source) => {
+                return Err(RootfsError::Create {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        // Never follow: if a symlink was swapped in after our creation, this open fails (ELOOP
+        // with O_NOFOLLOW on a non-O_PATH open is not used; O_PATH|O_NOFOLLOW opens the link,
+        // which the type check of the caller then refuses).
+        openat(
+            dir.as_fd(),
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| RootfsError::Create {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Create (or correct) the symlink `path -> target`. An existing symlink is replaced; an
+    /// existing file or directory is left alone and reported as `Ok(false)`, as ldconfig does
+    /// when a soname is a real file.
+    pub fn symlink(&self, path: &str, target: &str) -> Result<bool> {
+        let (dir, name) = self.parent_of(path)?;
+        let err = |source| RootfsError::Create {
+            path: path.to_owned(),
+            source,
+        };
+        match nix::unistd::symlinkat(target, dir.as_fd(), name) {
+            Ok(()) => return Ok(true),
+            Err(Errno::EEXIST) => {}
+            Err(source) => return Err(err(source)),
+        }
+        let st =
+            fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map_err(err)?;
+        if Kind::of(st.st_mode) != Kind::Symlink {
+            return Ok(false);
+        }
+        if nix::fcntl::readlinkat(dir.as_fd(), name).is_ok_and(|t| t == *target) {
+            return Ok(true);
+        }
+        // Replace atomically: make the new link under a temporary name, then rename over.
+        let tmp = format!(".{name}.nvhook-{}", std::process::id());
+        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        nix::unistd::symlinkat(target, dir.as_fd(), tmp.as_str()).map_err(err)?;
+        nix::fcntl::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name).map_err(|e| {
+            let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            err(e)
+        })?;
+        Ok(true)
+    }
+
+    /// Read a regular file inside the root, at most `limit` bytes; `Ok(None)` if it doesn't exist.
+    /// A FIFO or device at `path` is refused without blocking on it.
+    pub fn read_file(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let rel = components(path)?.join("/");
+        let fd = match self
+            .openat2_in_root(&rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(source) => {
+                return Err(RootfsError::Resolve {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let st = fstat(&fd).map_err(|source| RootfsError::Resolve {
+            path: path.to_owned(),
+            source,
+        })?;
+        let kind = Kind::of(st.st_mode);
+        if kind != Kind::File {
+            return Err(RootfsError::WrongType {
+                path: path.to_owned(),
+                found: kind.name(),
+                expected: "a regular file",
+            });
+        }
+        if st.st_size as u64 > limit {
+            return Err(RootfsError::TooLarge {
+                path: path.to_owned(),
+                limit,
+            });
+        }
+        let mut buf = Vec::with_capacity(st.st_size as usize);
+        std::fs::File::from(fd)
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|source| RootfsError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        if buf.len() as u64 > limit {
+            return Err(RootfsError::TooLarge {
+                path: path.to_owned(),
+                limit,
+            });
+        }
+        Ok(Some(buf))
+    }
+
+    /// Replace the file at `path` with `data`, atomically (temporary file + rename in the same
+    /// directory). The rename replaces a symlink at `path` rather than writing through it.
+    pub fn write_file_atomic(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        let (dir, name) = self.parent_of(path)?;
+        let tmp = format!(".{name}.nvhook-{}", std::process::id());
+        let werr = |source: std::io::Error| RootfsError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let fd = openat(
+            dir.as_fd(),
+            tmp.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )
+        .map_err(|e| werr(e.into()))?;
+        let mut f = std::fs::File::from(fd);
+        let written = f
+            .write_all(data)
+            .and_then(|()| {
+                nix::sys::stat::fchmod(&f, Mode::from_bits_truncate(mode)).map_err(Into::into)
+            })
+            .and_then(|()| {
+                nix::fcntl::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name)
+                    .map_err(Into::into)
+            });
+        if let Err(e) = written {
+            let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(werr(e));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn tmp(name: &str) -> Tmp {
+        let p = std::env::temp_dir().join(format!("nvhook-rootfs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(p.join("root")).unwrap();
+        Tmp(p)
+    }
+
+    #[test]
+    fn absolute_and_dotdot_symlinks_stay_inside() {
+        let t = tmp("escape");
+        let root = t.0.join("root");
+        std::fs::create_dir_all(t.0.join("outside")).unwrap();
+        std::fs::create_dir_all(root.join("outside")).unwrap();
+        symlink("/", root.join("abs")).unwrap();
+        symlink("../../../../outside", root.join("rel")).unwrap();
+        let r = Rootfs::open(&root).unwrap();
+        // `/` is the rootfs and `../../..` stops at it: creating under them stays inside
+        r.mkdir_all("/abs/x/y").unwrap();
+        r.mkdir_all("/rel/z").unwrap();
+        assert!(root.join("x/y").is_dir());
+        assert!(root.join("outside/z").is_dir());
+        assert!(!t.0.join("outside/z").exists());
+        r.write_file_atomic("/abs/etc/f", b"hi", 0o644).unwrap();
+        assert_eq!(std::fs::read(root.join("etc/f")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn dotdot_in_a_container_path_is_refused() {
+        let t = tmp("dotdot");
+        let r = Rootfs::open(&t.0.join("root")).unwrap();
+        assert!(matches!(
+            r.mkdir_all("/a/../../b"),
+            Err(RootfsError::BadPath { .. })
+        ));
+    }
+
+    #[test]
+    fn magic_links_are_refused() {
+        let t = tmp("magic");
+        let root = t.0.join("root");
+        symlink("/proc/self/root", root.join("pr")).unwrap();
+        let r = Rootfs::open(&root).unwrap();
+        // in-root, /proc/self/root names the image's own /proc (absent here): a dangling link,
+        // refused; nothing is created on the host
+        let name = format!("nvhook-magic-{}", std::process::id());
+        assert!(r.mkdir_all(&format!("/pr/tmp/{name}")).is_err());
+        assert!(!Path::new("/tmp").join(&name).exists());
+        // and a real magic link (the host's /proc/self/root) is refused by RESOLVE_NO_MAGICLINKS
+        let fd = r.resolve("/").unwrap();
+        let magic = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        std::fs::create_dir_all(root.join("p")).unwrap();
+        symlink(&magic, root.join("p/m")).unwrap();
+        // absolute symlink targets are re-rooted, so this names <root>/proc/self/fd/N: absent
+        assert!(r.resolve("/p/m").is_err());
+    }
+
+    #[test]
+    fn file_where_dir_expected_and_reverse() {
+        let t = tmp("types");
+        let root = t.0.join("root");
+        std::fs::write(root.join("usr"), b"").unwrap();
+        std::fs::create_dir_all(root.join("d/libcuda.so.1")).unwrap();
+        let r = Rootfs::open(&root).unwrap();
+        assert!(matches!(
+            r.mkdir_all("/usr/lib"),
+            Err(RootfsError::Resolve {
+                source: Errno::ENOTDIR,
+                ..
+            })
+        ));
+        assert!(matches!(
+            r.mount_point_file("/d/libcuda.so.1"),
+            Err(RootfsError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn dangling_symlink_mount_point_is_replaced() {
+        let t = tmp("dangling");
+        let root = t.0.join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        symlink("/nowhere/at/all", root.join("usr/bin/nvidia-smi")).unwrap();
+        let r = Rootfs::open(&root).unwrap();
+        r.mount_point_file("/usr/bin/nvidia-smi").unwrap();
+        assert!(
+            root.join("usr/bin/nvidia-smi")
+                .symlink_metadata()
+                .unwrap()
+                .is_file()
+        );
+        assert!(!Path::new("/nowhere").exists());
+    }
+
+    #[test]
+    fn symlink_replaces_links_but_not_files() {
+        let t = tmp("links");
+        let root = t.0.join("root");
+        std::fs::create_dir_all(root.join("lib")).unwrap();
+        symlink("old", root.join("lib/libcuda.so.1")).unwrap();
+        std::fs::write(root.join("lib/libnvidia-ml.so.1"), b"image's own").unwrap();
+        let r = Rootfs::open(&root).unwrap();
+        assert!(r.symlink("/lib/libcuda.so.1", "libcuda.so.1.2.3").unwrap());
+        assert_eq!(
+            std::fs::read_link(root.join("lib/libcuda.so.1")).unwrap(),
+            Path::new("libcuda.so.1.2.3")
+        );
+        assert!(!r.symlink("/lib/libnvidia-ml.so.1", "x").unwrap());
+        assert_eq!(
+            std::fs::read(root.join("lib/libnvidia-ml.so.1")).unwrap(),
+            b"image's own"
+        );
+    }
+
+    #[test]
+    fn read_file_refuses_fifos_and_large_files() {
+        let t = tmp("fifo");
+        let root = t.0.join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        nix::unistd::mkfifo(
+            &root.join("etc/ld.so.cache"),
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/big"), vec![0u8; 100]).unwrap();
+        let r = Rootfs::open(&root).unwrap();
+        assert!(matches!(
+            r.read_file("/etc/ld.so.cache", 1 << 20),
+            Err(RootfsError::WrongType { .. })
+        ));
+        assert!(matches!(
+            r.read_file("/etc/big", 10),
+            Err(RootfsError::TooLarge { .. })
+        ));
+        assert_eq!(r.read_file("/etc/none", 10).unwrap(), None);
+    }
+
+    #[test]
+    fn write_replaces_symlink_instead_of_following_it() {
+        let t = tmp("wsym");
+        let root = t.0.join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(t.0.join("victim"), b"host").unwrap();
+        symlink(t.0.join("victim"), root.join("etc/ld.so.cache")).unwrap();
+        let r = Rootfs::open(&root).unwrap();
+        r.write_file_atomic("/etc/ld.so.cache", b"new", 0o644)
+            .unwrap();
+        assert_eq!(std::fs::read(t.0.join("victim")).unwrap(), b"host");
+        assert_eq!(std::fs::read(root.join("etc/ld.so.cache")).unwrap(), b"new");
+    }
+}

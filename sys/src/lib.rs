@@ -1,0 +1,275 @@
+//! The raw Linux system calls nvhook needs that `nix` does not wrap: the new mount API
+//! (`open_tree`, `mount_setattr`, `move_mount`) and `bpf(2)`.
+//!
+//! This is the only crate of nvhook that contains `unsafe` code. Each wrapper passes pointers to
+//! memory it owns for the duration of the call, checks the return value, and wraps every returned
+//! file descriptor in an `OwnedFd` at once so it cannot leak or be closed twice.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Take ownership of a descriptor a syscall just returned.
+fn owned(ret: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = cvt(ret)? as RawFd;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns; OwnedFd closes it once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// New mount API (Linux >= 5.2; mount_setattr >= 5.12)
+// ---------------------------------------------------------------------------------------------
+
+pub const OPEN_TREE_CLONE: u32 = 1;
+pub const OPEN_TREE_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
+pub const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x0000_0004;
+pub const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x0000_0040;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)`: a detached bind mount of
+/// `path` (resolved in the caller's mount namespace) that can be attached with [`move_mount`].
+pub fn open_tree_clone(path: &str) -> io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; no other pointers.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+        )
+    })
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Set mount attributes (`MOUNT_ATTR_*`) on the mount `fd` refers to (a detached tree from
+/// [`open_tree_clone`]), before it becomes visible anywhere.
+pub fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: `empty` and `attr` are valid for the call; the size passed is attr's own size.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as u32,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Attach the detached mount `from` on top of the file or directory `to` refers to. No path is
+/// resolved: the target is exactly the inode `to` was opened on.
+pub fn move_mount(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: both path arguments are the same valid empty string; fds are borrowed, not consumed.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
+// bpf(2): just what a cgroup v2 device program needs
+// ---------------------------------------------------------------------------------------------
+
+pub const BPF_PROG_LOAD: libc::c_long = 5;
+pub const BPF_PROG_ATTACH: libc::c_long = 8;
+pub const BPF_PROG_DETACH: libc::c_long = 9;
+pub const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+pub const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+pub const BPF_PROG_QUERY: libc::c_long = 16;
+
+pub const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+pub const BPF_CGROUP_DEVICE: u32 = 6;
+pub const BPF_F_ALLOW_OVERRIDE: u32 = 1;
+pub const BPF_F_ALLOW_MULTI: u32 = 2;
+pub const BPF_F_REPLACE: u32 = 4;
+
+/// One eBPF instruction, as the kernel lays it out (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BpfInsn {
+    pub code: u8,
+    /// dst_reg in the low nibble, src_reg in the high nibble
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+/// `union bpf_attr` is at most this large for the commands we use; the kernel requires the bytes
+/// past the fields a command reads to be zero, which a zeroed buffer gives.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Self {
+        Attr([0; 128])
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes([
+            self.0[off],
+            self.0[off + 1],
+            self.0[off + 2],
+            self.0[off + 3],
+        ])
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> libc::c_long {
+    // SAFETY: `attr` is a valid, writable, 8-aligned buffer of the size we pass; every pointer
+    // stored inside it points to memory the caller keeps alive across this call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut Attr,
+            std::mem::size_of::<Attr>() as libc::c_uint,
+        )
+    }
+}
+
+/// Load a `BPF_PROG_TYPE_CGROUP_DEVICE` program. On a verifier error the kernel's log is returned
+/// in the error message.
+pub fn prog_load_cgroup_device(insns: &[BpfInsn], license: &str) -> io::Result<OwnedFd> {
+    let lic = CString::new(license).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut log = vec![0u8; 64 * 1024];
+    let mut a = Attr::new();
+    a.u32(0, BPF_PROG_TYPE_CGROUP_DEVICE)
+        .u32(4, insns.len() as u32)
+        .u64(8, insns.as_ptr() as u64)
+        .u64(16, lic.as_ptr() as u64)
+        .u32(24, 1) // log_level
+        .u32(28, log.len() as u32)
+        .u64(32, log.as_mut_ptr() as u64);
+    let ret = bpf(BPF_PROG_LOAD, &mut a);
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        let end = log.iter().position(|b| *b == 0).unwrap_or(0);
+        let msg = String::from_utf8_lossy(&log[..end]);
+        return Err(io::Error::new(
+            err.kind(),
+            format!("{err}; verifier log: {}", msg.trim()),
+        ));
+    }
+    owned(ret)
+}
+
+/// The programs attached to a cgroup at `attach_type`: (attach flags, program ids), in the
+/// order the kernel runs them.
+pub fn prog_query(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<(u32, Vec<u32>)> {
+    let mut ids = vec![0u32; 64];
+    let mut a = Attr::new();
+    a.u32(0, cgroup.as_raw_fd() as u32)
+        .u32(4, attach_type)
+        .u64(16, ids.as_mut_ptr() as u64)
+        .u32(24, ids.len() as u32);
+    cvt(bpf(BPF_PROG_QUERY, &mut a))?;
+    let flags = a.get_u32(12);
+    let cnt = a.get_u32(24) as usize;
+    ids.truncate(cnt.min(64));
+    Ok((flags, ids))
+}
+
+/// A descriptor for the loaded program with this id.
+pub fn prog_get_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, id);
+    owned(bpf(BPF_PROG_GET_FD_BY_ID, &mut a))
+}
+
+/// The program's instructions as the kernel holds them after verification ("xlated").
+pub fn prog_xlated_insns(prog: BorrowedFd<'_>) -> io::Result<(u32, Vec<BpfInsn>)> {
+    // struct bpf_prog_info: type@0 u32, xlated_prog_len@20 u32, xlated_prog_insns@32 u64
+    let mut info = [0u8; 256];
+    let mut a = Attr::new();
+    a.u32(0, prog.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    cvt(bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a))?;
+    let prog_type = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+    let len = u32::from_ne_bytes([info[20], info[21], info[22], info[23]]) as usize;
+    let mut insns = vec![BpfInsn::default(); len / std::mem::size_of::<BpfInsn>()];
+    let mut info = [0u8; 256];
+    info[20..24].copy_from_slice(&(len as u32).to_ne_bytes());
+    info[32..40].copy_from_slice(&(insns.as_mut_ptr() as u64).to_ne_bytes());
+    let mut a = Attr::new();
+    a.u32(0, prog.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    cvt(bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a))?;
+    let got = u32::from_ne_bytes([info[20], info[21], info[22], info[23]]) as usize;
+    insns.truncate(got / std::mem::size_of::<BpfInsn>());
+    Ok((prog_type, insns))
+}
+
+/// Attach `prog` to `cgroup`; with `BPF_F_REPLACE` in `flags`, atomically in place of `replace`.
+pub fn prog_attach(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    attach_type: u32,
+    flags: u32,
+    replace: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.u32(0, cgroup.as_raw_fd() as u32)
+        .u32(4, prog.as_raw_fd() as u32)
+        .u32(8, attach_type)
+        .u32(12, flags)
+        .u32(16, replace.map(|r| r.as_raw_fd() as u32).unwrap_or(0));
+    cvt(bpf(BPF_PROG_ATTACH, &mut a)).map(drop)
+}
+
+/// Detach `prog` from `cgroup`.
+pub fn prog_detach(
+    cgroup: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.u32(0, cgroup.as_raw_fd() as u32)
+        .u32(4, prog.as_raw_fd() as u32)
+        .u32(8, attach_type);
+    cvt(bpf(BPF_PROG_DETACH, &mut a)).map(drop)
+}
