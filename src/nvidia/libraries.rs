@@ -134,7 +134,8 @@ impl DriverRoot {
         cache
             .entries
             .iter()
-            .filter(|e| e.flags == flags && e.key.starts_with(prefix))
+            // A key ending in ".so" is a development link ldconfig happened to cache, not a soname.
+            .filter(|e| e.flags == flags && e.key.starts_with(prefix) && !e.key.ends_with(".so"))
             .find_map(|e| {
                 let real = self.root.real_path(&e.value).ok()?;
                 let file_name = file_name_of(&real);
