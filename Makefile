@@ -1,0 +1,31 @@
+# nvhook: build, install, test.
+PREFIX ?= /usr
+DESTDIR ?=
+HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
+CARGO ?= cargo
+
+.PHONY: build install uninstall test
+
+build:
+	$(CARGO) build --release --locked
+
+# Installs what `make build` built (run `make build` as your user first; install needs root).
+install:
+	@test -x target/release/nvhook || { echo "run 'make build' (as your user) first"; exit 1; }
+	install -D -m 0755 target/release/nvhook $(DESTDIR)$(PREFIX)/bin/nvhook
+	install -d $(DESTDIR)$(HOOKS_DIR)
+	sed 's#"/usr/bin/nvhook"#"$(PREFIX)/bin/nvhook"#' hooks.d/nvhook.json > $(DESTDIR)$(HOOKS_DIR)/nvhook.json
+	chmod 0644 $(DESTDIR)$(HOOKS_DIR)/nvhook.json
+	@if [ -e $(DESTDIR)/etc/nvhook/config.toml ]; then \
+		echo "keeping existing /etc/nvhook/config.toml"; \
+	else \
+		install -D -m 0644 packaging/config.toml $(DESTDIR)/etc/nvhook/config.toml; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/nvhook $(DESTDIR)$(HOOKS_DIR)/nvhook.json
+
+# Every test: formatting, lints, unit tests, end-to-end tests with runc, crun and podman.
+# Needs root; installs missing Debian packages itself.
+test:
+	tests/run.sh

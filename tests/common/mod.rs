@@ -1,0 +1,434 @@
+//! Shared harness of the end-to-end tests: fixtures, bundles, runtimes, host checks.
+//!
+//! These tests need root and the real runtimes (runc, crun, podman). A missing tool or missing
+//! root is a test failure with a message saying what to install, never a skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use serde_json::{Value, json};
+
+pub const DEBIAN_IMAGE: &str = "localhost/nvhook-test:debian";
+pub const GPU0_UUID: &str = "GPU-11111111-2222-3333-4444-555555555555"; // index 0, bus 3b, minor 1
+pub const GPU1_UUID: &str = "GPU-66666666-7777-8888-9999-000000000000"; // index 1, bus 86, minor 0
+
+/// Everything a test needs, built once per test binary.
+pub struct Fixtures {
+    pub dir: PathBuf,
+    pub version: String,
+    pub config: PathBuf,
+}
+
+fn tmp_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+pub fn nvhook() -> &'static str {
+    env!("CARGO_BIN_EXE_nvhook")
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests must run as root (they create containers, device nodes and mounts)"
+    );
+}
+
+pub fn require_tool(name: &str, package: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{name} is required by this test: apt-get install {package}"
+    );
+}
+
+/// crun refuses hybrid cgroups while the cgroup2 mount holds a controller (hugetlb on the CI
+/// machine). Mounting hugetlb as a v1 hierarchy frees it. Idempotent; only when needed.
+pub fn prepare_host() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let ctrl = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+        if !ctrl.trim().is_empty() {
+            let script = "mkdir -p /sys/fs/cgroup/hugetlb && \
+                 (mountpoint -q /sys/fs/cgroup/hugetlb || mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb)";
+            let st = Command::new("sh").arg("-c").arg(script).status().unwrap();
+            assert!(st.success(), "could not move hugetlb to a v1 hierarchy for crun");
+        }
+    });
+}
+
+pub fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        require_root();
+        let name = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "tests".into());
+        let dir = tmp_root().join(format!("fixtures-{name}"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mkfixtures.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building fixtures failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let version = std::fs::read_to_string(dir.join("driver-version"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "driver-root = \"{0}/driver\"\ndev-root = \"{0}\"\nproc-root = \"{0}/proc\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        Fixtures {
+            dir,
+            version,
+            config,
+        }
+    })
+}
+
+/// Container runs are serialized: the host-mount-table check must see one container at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The host's mount table, as (mount point, fs type, source) lines, sorted.
+pub fn host_mounts() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut v: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let post = l.split(" - ").nth(1).unwrap_or("");
+            format!(
+                "{} {} {}",
+                f.get(4).unwrap_or(&""),
+                f.get(3).unwrap_or(&""),
+                post
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a container run printed.
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    /// Fail with everything the container and runtime printed.
+    pub fn expect_ok(self, what: &str) -> Run {
+        assert!(
+            self.ok,
+            "{what} failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn has(&self, s: &str) -> bool {
+        self.stdout.contains(s)
+    }
+}
+
+/// Which hook stage nvhook is registered at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Prestart,
+    CreateRuntime,
+}
+
+/// A runc/crun bundle with its own copy of a rootfs.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub id: String,
+}
+
+impl Bundle {
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Options of a test container.
+pub struct Spec<'a> {
+    pub rootfs: &'a str,
+    pub env: Vec<String>,
+    pub script: String,
+    pub readonly: bool,
+    pub stage: Stage,
+}
+
+impl<'a> Spec<'a> {
+    pub fn new(env: &[&str], script: &str) -> Spec<'a> {
+        Spec {
+            rootfs: "rootfs-debian",
+            env: env.iter().map(|s| s.to_string()).collect(),
+            script: script.to_owned(),
+            readonly: false,
+            stage: Stage::Prestart,
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Make a bundle: `runc spec`'s defaults, the test's env/script, nvhook as the hook.
+pub fn bundle(spec: &Spec<'_>) -> Bundle {
+    let fx = fixtures();
+    let id = unique("nvhook-test");
+    let dir = tmp_root().join("bundles").join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(fx.dir.join(spec.rootfs))
+        .arg(dir.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    require_tool("runc", "runc");
+    let st = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "runc spec failed");
+    let path = dir.join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    c["process"]["terminal"] = json!(false);
+    c["process"]["args"] = json!(["/bin/sh", "-c", spec.script]);
+    let mut env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
+    env.extend(spec.env.iter().cloned());
+    c["process"]["env"] = json!(env);
+    c["root"]["readonly"] = json!(spec.readonly);
+    let hook = json!([{
+        "path": nvhook(),
+        "args": ["nvhook", "--config", fx.config, "prestart"],
+        "env": ["NVHOOK_LOG=debug"],
+    }]);
+    let stage = match spec.stage {
+        Stage::Prestart => "prestart",
+        Stage::CreateRuntime => "createRuntime",
+    };
+    c["hooks"] = json!({ stage: hook });
+    std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    Bundle { dir, id }
+}
+
+/// `runtime run` the bundle (runc or crun), capture output, clean up.
+pub fn run_oci(runtime: &str, b: &Bundle) -> Run {
+    require_tool(runtime, runtime);
+    prepare_host();
+    let o = Command::new(runtime)
+        .args(["run", "--bundle"])
+        .arg(&b.dir)
+        .arg(&b.id)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new(runtime).args(["delete", "-f", &b.id]).output();
+    Run::from(o)
+}
+
+/// Run a container under `runtime` and check that the host's mount table is the same after.
+pub fn run_checked(runtime: &str, spec: &Spec<'_>) -> Run {
+    let _g = serial();
+    let b = bundle(spec);
+    let before = host_mounts();
+    let r = run_oci(runtime, &b);
+    let after = host_mounts();
+    assert_eq!(
+        before, after,
+        "the host's mount table changed:\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    r
+}
+
+// ----------------------------------------------------------------------------- podman
+
+pub struct Podman {
+    root: PathBuf,
+    /// podman refuses a runroot of more than 50 characters: it lives under /run.
+    runroot: PathBuf,
+    pub hooks_dir: PathBuf,
+}
+
+impl Podman {
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.root.join("root"))
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+        c
+    }
+
+    /// `podman run --rm` of `image` with nvhook from the hooks dir.
+    pub fn run(&self, image: &str, env: &[&str], extra: &[&str], script: &str) -> Run {
+        let mut c = self.cmd();
+        c.args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--log-driver",
+            "k8s-file",
+        ])
+        .arg("--hooks-dir")
+        .arg(&self.hooks_dir)
+        .args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+        for e in env {
+            c.args(["-e", e]);
+        }
+        c.args(extra).arg(image).args(["/bin/sh", "-c", script]);
+        Run::from(c.stdin(Stdio::null()).output().unwrap())
+    }
+
+    /// The host's mounts, less podman's own storage mounts (its overlay home comes and goes with
+    /// podman's asynchronous `container cleanup`; it is podman's, not the container's).
+    fn host_mounts(&self) -> Vec<String> {
+        let (a, b) = (self.root.to_string_lossy(), self.runroot.to_string_lossy());
+        host_mounts()
+            .into_iter()
+            .filter(|m| !m.starts_with(a.as_ref()) && !m.starts_with(b.as_ref()))
+            .collect()
+    }
+
+    pub fn run_checked(&self, image: &str, env: &[&str], extra: &[&str], script: &str) -> Run {
+        let _g = serial();
+        let before = self.host_mounts();
+        let r = self.run(image, env, extra, script);
+        let after = self.host_mounts();
+        assert_eq!(
+            before, after,
+            "the host's mount table changed:\n{}\n{}",
+            r.stdout, r.stderr
+        );
+        r
+    }
+}
+
+/// A podman with its own storage, the fixture images imported, and a hooks dir holding
+/// nvhook's registration (the packaged hooks.d file, pointed at the test binary and config).
+pub fn podman() -> &'static Podman {
+    static P: OnceLock<Podman> = OnceLock::new();
+    P.get_or_init(|| {
+        require_tool("podman", "podman");
+        require_tool("crun", "crun");
+        prepare_host();
+        let fx = fixtures();
+        // One store per test binary; a previous run's storage mounts are removed first.
+        let name = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let root = tmp_root().join(format!("podman-{name}"));
+        for m in host_mounts() {
+            let mp = m.split(' ').next().unwrap_or("");
+            if mp.starts_with(root.to_str().unwrap()) {
+                let _ = Command::new("umount").arg("-l").arg(mp).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        let runroot = PathBuf::from("/run/nvhook-tests").join(&name);
+        let _ = std::fs::remove_dir_all(&runroot);
+        let hooks_dir = root.join("hooks.d");
+        std::fs::create_dir_all(&hooks_dir).unwrap();
+        let packaged: Value = serde_json::from_slice(
+            &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks.d/nvhook.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let mut hook = packaged.clone();
+        hook["hook"]["path"] = json!(nvhook());
+        hook["hook"]["args"] = json!(["nvhook", "--config", fx.config, "prestart"]);
+        std::fs::write(
+            hooks_dir.join("nvhook.json"),
+            serde_json::to_vec(&hook).unwrap(),
+        )
+        .unwrap();
+        let p = Podman {
+            root,
+            runroot,
+            hooks_dir,
+        };
+        for (tar, tag) in [
+            ("rootfs-debian.tar", "debian"),
+            ("rootfs-lib64.tar", "lib64"),
+        ] {
+            let o = p
+                .cmd()
+                .arg("import")
+                .arg(fx.dir.join(tar))
+                .arg(format!("localhost/nvhook-test:{tag}"))
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "podman import: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        // podman mounts its storage home on first use: do that now, before any test compares
+        // the host's mount table.
+        let warm = p.run(DEBIAN_IMAGE, &[], &[], "true");
+        assert!(
+            warm.ok,
+            "podman cannot run a container here: {}",
+            warm.stderr
+        );
+        p
+    })
+}

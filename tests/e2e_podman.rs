@@ -1,0 +1,140 @@
+//! End to end under podman (crun, its default runtime), with nvhook registered through a hooks
+//! directory holding the packaged hooks.d/nvhook.json, and `-e NVIDIA_VISIBLE_DEVICES=...`.
+
+mod common;
+
+use common::*;
+
+const REPORT: &str = "\
+for n in nvidia0 nvidia1 nvidiactl nvidia-uvm; do [ -e /dev/$n ] && echo node:$n; done; \
+probe cuda; echo cuda-rc:$?; nvidia-smi >/dev/null 2>&1 && echo smi:ok; \
+probe open /probe-nodes/gpu-fuse /probe-nodes/gpu-kmsg /probe-nodes/other; true";
+
+const DEBIAN: &str = DEBIAN_IMAGE;
+
+#[test]
+fn all_gpus_with_nvidia_smi() {
+    let r = podman()
+        .run_checked(DEBIAN, &["NVIDIA_VISIBLE_DEVICES=all"], &[], REPORT)
+        .expect_ok("podman");
+    assert!(
+        r.has("node:nvidia0") && r.has("node:nvidia1") && r.has("node:nvidiactl"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.has("cuInit=0 devices=2") && r.has("smi:ok"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.has("/probe-nodes/other: EPERM"), "{}", r.stdout);
+}
+
+#[test]
+fn one_gpu_by_uuid_and_the_other_denied() {
+    let env = format!("NVIDIA_VISIBLE_DEVICES={GPU0_UUID}");
+    let r = podman()
+        .run_checked(DEBIAN, &[&env], &[], REPORT)
+        .expect_ok("podman");
+    assert!(
+        r.has("node:nvidia1") && !r.has("node:nvidia0"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.has("/probe-nodes/gpu-kmsg: ok") && r.has("/probe-nodes/gpu-fuse: EPERM"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn utility_and_compute_split() {
+    let r = podman()
+        .run_checked(
+            DEBIAN,
+            &[
+                "NVIDIA_VISIBLE_DEVICES=all",
+                "NVIDIA_DRIVER_CAPABILITIES=utility",
+            ],
+            &[],
+            REPORT,
+        )
+        .expect_ok("podman utility");
+    assert!(
+        r.has("smi:ok") && r.has("cuda: dlopen failed"),
+        "{}",
+        r.stdout
+    );
+    let r = podman()
+        .run_checked(
+            DEBIAN,
+            &[
+                "NVIDIA_VISIBLE_DEVICES=all",
+                "NVIDIA_DRIVER_CAPABILITIES=compute",
+            ],
+            &[],
+            REPORT,
+        )
+        .expect_ok("podman compute");
+    assert!(r.has("cuda-rc:0") && !r.has("smi:ok"), "{}", r.stdout);
+}
+
+#[test]
+fn no_request_no_change() {
+    let r = podman()
+        .run_checked(DEBIAN, &[], &[], REPORT)
+        .expect_ok("podman plain");
+    assert!(
+        !r.has("node:") && r.has("cuda: dlopen failed"),
+        "{}",
+        r.stdout
+    );
+    let r = podman()
+        .run_checked(DEBIAN, &["NVIDIA_VISIBLE_DEVICES=void"], &[], REPORT)
+        .expect_ok("podman void");
+    assert!(!r.has("node:"), "{}", r.stdout);
+}
+
+#[test]
+fn read_only_and_non_debian_images() {
+    let r = podman()
+        .run_checked(
+            DEBIAN,
+            &["NVIDIA_VISIBLE_DEVICES=all"],
+            &["--read-only"],
+            REPORT,
+        )
+        .expect_ok("podman --read-only");
+    assert!(r.has("cuda-rc:0") && r.has("smi:ok"), "{}", r.stdout);
+    let r = podman()
+        .run_checked(
+            "localhost/nvhook-test:lib64",
+            &["NVIDIA_VISIBLE_DEVICES=all"],
+            &[],
+            REPORT,
+        )
+        .expect_ok("podman lib64 image");
+    assert!(
+        r.has("path=/usr/lib64/libcuda.so.1") && r.has("cuda-rc:0"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn unknown_uuid_message_reaches_podmans_output() {
+    let r = podman().run_checked(
+        DEBIAN,
+        &["NVIDIA_VISIBLE_DEVICES=GPU-deadbeef"],
+        &[],
+        "echo started",
+    );
+    assert!(!r.ok && !r.has("started"));
+    assert!(
+        r.stderr.contains("nvhook: error:") && r.stderr.contains("GPU-deadbeef"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(GPU1_UUID), "{}", r.stderr);
+}

@@ -1,0 +1,34 @@
+#!/bin/bash
+# Run every nvhook test: formatting, lints, unit tests, and the end-to-end tests that start real
+# containers with runc, crun and podman on a fake driver tree. Needs root. Installs the Debian
+# packages it needs when they are missing (apt-get), so it works on a fresh Debian/Ubuntu machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: the tests create containers, mounts and device nodes: run as root," >&2
+    echo "  e.g. sudo env \"PATH=\$PATH\" make test" >&2
+    exit 1
+fi
+command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust >= 1.85, e.g. from rustup.rs)" >&2; exit 1; }
+
+PKGS="runc crun podman conmon busybox-static build-essential iproute2 util-linux"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "tests/run.sh: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq $missing >/dev/null
+fi
+
+start=$(date +%s)
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (unit + end to end)"
+cargo test --workspace --locked -- --test-threads=2
+echo "tests/run.sh: all tests passed in $(( $(date +%s) - start ))s"
