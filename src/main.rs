@@ -28,6 +28,7 @@ utility, video, graphics, display, ngx, compat32, all; default compute,utility).
 environment (of the hook, set in its registration, never the container's):
   NVHOOK_CONFIG=FILE   config file (default /etc/nvhook/config.toml, optional)
   NVHOOK_LOG=LEVEL     error, warn (default), info, debug (with per-phase timings), trace
+  NVHOOK_LOG_FILE=FILE append the log to FILE instead of stderr
 ";
 
 fn init_logging() {
@@ -44,7 +45,19 @@ fn init_logging() {
             r.args()
         )
     });
-    b.target(env_logger::Target::Stderr);
+    // Runtimes swallow a successful hook's stderr; NVHOOK_LOG_FILE (set in the hook's
+    // registration, never by the container) appends the log to a file instead.
+    let file = std::env::var_os("NVHOOK_LOG_FILE").and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    match file {
+        Some(f) => b.target(env_logger::Target::Pipe(Box::new(f))),
+        None => b.target(env_logger::Target::Stderr),
+    };
     let _ = b.try_init();
 }
 
@@ -183,6 +196,9 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = format!("nvhook: error: {e}\n");
             eprint!("{msg}");
+            if std::env::var_os("NVHOOK_LOG_FILE").is_some() {
+                log::error!("{e}");
+            }
             report_to_runtime(&msg);
             ExitCode::FAILURE
         }

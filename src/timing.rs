@@ -1,5 +1,9 @@
 //! Where a hook run's time goes: named phases, logged at debug level, plus the process's own
-//! wall time and peak RSS (from getrusage), so the benchmark can attribute every millisecond.
+//! wall time and peak RSS, so the benchmark can attribute every millisecond.
+//!
+//! Peak RSS is `VmHWM` of /proc/self/status, the high-water mark of this address space.
+//! getrusage's `ru_maxrss` is not used: at execve Linux folds the pre-exec image's peak into it,
+//! so a hook forked from a Go runtime (runc) would report runc's ~10 MiB, not its own.
 
 use std::time::Instant;
 
@@ -36,13 +40,20 @@ impl Timer {
     /// One line: `timing total_us=.. maxrss_kib=.. parse=.. inventory=.. ...` (microseconds).
     pub fn summary(&self) -> String {
         let total = self.start.elapsed().as_micros();
-        let rss = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-            .map(|u| u.max_rss())
-            .unwrap_or(0);
+        let rss = peak_rss_kib().unwrap_or(0);
         let mut s = format!("timing total_us={total} maxrss_kib={rss}");
         for (name, us) in &self.phases {
             s.push_str(&format!(" {name}={us}"));
         }
         s
     }
+}
+
+/// `VmHWM` (peak resident set of this process's own address space), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

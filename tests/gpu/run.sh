@@ -1,0 +1,179 @@
+#!/bin/bash
+# nvhook's GPU end-to-end kit: start driverless containers with runc (and crun) on a real NVIDIA
+# host, nvhook as their hook, and check what they can do. Prints a pass/fail table; exit 0 only
+# if every case passed.
+#
+#   sudo tests/gpu/run.sh            build the kit (needs cargo, gcc, busybox-static, runc), then run
+#   sudo tests/gpu/run.sh KIT_DIR    run a kit built elsewhere (tests/gpu/build-kit.sh KIT_DIR)
+#
+# nvhook runs with its defaults (no config file): driver root /, dev root /, proc /proc.
+# If $OUT is set, the table and the logs are also written there.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+KIT=${1:-}
+if [ -z "$KIT" ]; then
+    KIT=$(cd "$HERE/../.." && pwd)/.gpukit
+    bash "$HERE/build-kit.sh" "$KIT" || exit 1
+fi
+KIT=$(cd "$KIT" && pwd)
+[ "$(id -u)" = 0 ] || { echo "run.sh: run as root" >&2; exit 1; }
+[ -r /proc/driver/nvidia/version ] || { echo "run.sh: no NVIDIA driver on this host" >&2; exit 1; }
+
+export PATH="$KIT/bin:$PATH" LD_LIBRARY_PATH="$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+NVHOOK=$KIT/bin/nvhook
+WORK=${WORK:-/tmp/nvhook-gpu-e2e}
+OUTDIR=${OUT:-$WORK/out}
+rm -rf "$WORK"; mkdir -p "$WORK" "$OUTDIR"
+LOG=$OUTDIR/gpu-e2e.log
+: > "$LOG"
+unset NVHOOK_CONFIG
+[ -e /etc/nvhook/config.toml ] && echo "note: /etc/nvhook/config.toml exists and is used" | tee -a "$LOG"
+
+DRIVER=$(sed -n 's/^NVRM version:.*  \([0-9][0-9.]*\)  .*/\1/p' /proc/driver/nvidia/version | head -1)
+INFO=$(ls /proc/driver/nvidia/gpus/*/information | head -1)
+UUID=$(sed -n 's/^GPU UUID:[[:space:]]*//p' "$INFO")
+MODEL=$(sed -n 's/^Model:[[:space:]]*//p' "$INFO")
+CAPS_MAJOR=$(awk '$2 == "nvidia-caps" { print $1 }' /proc/devices)
+CGROUP=$(stat -fc %T /sys/fs/cgroup)
+
+json_str() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
+json_array() { local out="" a; for a in "$@"; do out="$out${out:+, }$(json_str "$a")"; done; printf '[%s]' "$out"; }
+
+# mkbundle DIR ROOTFS_TAR READONLY STAGE ARGS... -- ENV...
+mkbundle() {
+    local dir=$1 tar=$2 ro=$3 stage=$4; shift 4
+    local args=() env=("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do args+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    env+=("$@")
+    mkdir -p "$dir/rootfs"
+    tar -C "$dir/rootfs" -xf "$tar"
+    mkdir -p "$dir/rootfs/probe-nodes"
+    mknod "$dir/rootfs/probe-nodes/gpu0" c 195 0
+    mknod "$dir/rootfs/probe-nodes/gpu1" c 195 1
+    [ -n "$CAPS_MAJOR" ] && mknod "$dir/rootfs/probe-nodes/cap1" c "$CAPS_MAJOR" 1
+    local hooks=""
+    [ "$stage" != none ] && hooks=", \"hooks\": {\"$stage\": [{\"path\": \"$NVHOOK\", \"args\": [\"nvhook\", \"prestart\"], \"env\": [\"NVHOOK_LOG=debug\", \"NVHOOK_LOG_FILE=$OUTDIR/nvhook.log\"]}]}"
+    cat > "$dir/config.json" <<EOF
+{"ociVersion": "1.0.2", "process": {"terminal": false, "user": {"uid": 0, "gid": 0},
+ "args": $(json_array "${args[@]}"), "env": $(json_array "${env[@]}"), "cwd": "/",
+ "capabilities": {"bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+  "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+  "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]},
+ "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}], "noNewPrivileges": true},
+ "root": {"path": "rootfs", "readonly": $ro}, "hostname": "gpu-e2e",
+ "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+  {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+  {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+  {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+  {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}],
+ "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]},
+  "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+  "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"], "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]}
+ $hooks}
+EOF
+}
+
+# run_case RUNTIME NAME ROOTFS READONLY STAGE 'SCRIPT' ENV... : run, save output in $WORK/NAME.out
+N=0
+run_case() {
+    local rt=$1 name=$2 rootfs=$3 ro=$4 stage=$5 script=$6; shift 6
+    N=$((N + 1))
+    local dir=$WORK/b-$N
+    mkbundle "$dir" "$KIT/$rootfs.tar" "$ro" "$stage" /bin/sh -c "$script" -- "$@"
+    find "$dir/rootfs" -printf '%P %y %s\n' | sort > "$dir/tree.before"
+    mount | sort > "$dir/mounts.before"
+    "$rt" run --bundle "$dir" "gpu-e2e-$N" > "$WORK/$name.out" 2>&1 < /dev/null
+    echo "rc=$?" >> "$WORK/$name.out"
+    "$rt" delete -f "gpu-e2e-$N" >/dev/null 2>&1
+    mount | sort > "$dir/mounts.after"
+    find "$dir/rootfs" -printf '%P %y %s\n' | sort > "$dir/tree.after"
+    if ! cmp -s "$dir/mounts.before" "$dir/mounts.after"; then echo "host-mounts:changed" >> "$WORK/$name.out"; fi
+    if cmp -s "$dir/tree.before" "$dir/tree.after"; then echo "rootfs:unchanged" >> "$WORK/$name.out"; fi
+    { echo "===== $name ($rt, $rootfs, readonly=$ro, stage=$stage, env: $*)"; cat "$WORK/$name.out"; } >> "$LOG"
+}
+
+ROWS=()
+FAILED=0
+check() { # check NAME 'description' grep-patterns... (prefix ! = must not match)
+    local name=$1 desc=$2; shift 2
+    local ok=PASS p
+    for p in "$@"; do
+        if [[ $p == '!'* ]]; then grep -qE -- "${p#!}" "$WORK/$name.out" && ok=FAIL
+        else grep -qE -- "$p" "$WORK/$name.out" || ok=FAIL; fi
+    done
+    grep -q "host-mounts:changed" "$WORK/$name.out" && ok=FAIL
+    [ $ok = FAIL ] && FAILED=$((FAILED + 1))
+    ROWS+=("| $name | $desc | $ok |")
+}
+
+GPU_OK='cudaprobe: .*: 1048576/1048576 results verified'
+SMI_OK="GPU 0: .*\(UUID: $UUID\)"
+FULL='nvidia-smi -L; cudaprobe; echo cuda-rc=$?'
+NODES='ls /dev | grep -E "^nvidia" | sed "s/^/node:/"'
+OPEN='probe open /probe-nodes/gpu0 /probe-nodes/gpu1 /probe-nodes/cap1'
+
+run_case runc all rootfs-debian false prestart "$FULL; $NODES; $OPEN" NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+check all "\`all\`, compute,utility: nvidia-smi -L lists the GPU; PTX kernel verifies" "$SMI_OK" "$GPU_OK" 'cuda-rc=0' 'rc=0'
+
+run_case runc index0 rootfs-debian false prestart "$FULL; $NODES; $OPEN" NVIDIA_VISIBLE_DEVICES=0 NVIDIA_DRIVER_CAPABILITIES=compute,utility
+check index0 "\`0\`: same; an image node of a GPU that does not exist (195:1) and nvidia-cap1 are denied" \
+    "$SMI_OK" "$GPU_OK" '/probe-nodes/gpu0: ok' '/probe-nodes/gpu1: EPERM' "$( [ -n "$CAPS_MAJOR" ] && echo '/probe-nodes/cap1: EPERM' || echo . )"
+
+run_case runc uuid rootfs-debian false prestart "$FULL" "NVIDIA_VISIBLE_DEVICES=$UUID" NVIDIA_DRIVER_CAPABILITIES=compute,utility
+check uuid "\`<the GPU's UUID>\`: same" "$SMI_OK" "$GPU_OK"
+
+run_case runc utility rootfs-debian false prestart 'nvidia-smi -L; probe absent libcuda.so.1; ls /usr/lib/*/libcuda* 2>&1' NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=utility
+check utility "\`utility\` only: nvidia-smi works, libcuda.so.1 absent" "$SMI_OK" 'libcuda.so.1: absent' '!libcuda.so.[0-9]'
+
+run_case runc compute rootfs-debian false prestart 'cudaprobe; [ -e /usr/bin/nvidia-smi ] || echo smi:absent' NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute
+check compute "\`compute\` only: kernel runs, nvidia-smi absent" "$GPU_OK" 'smi:absent'
+
+run_case runc none rootfs-debian false prestart "$NODES; $OPEN; nvidia-smi -L; echo smi-rc=\$?" NVIDIA_VISIBLE_DEVICES=none
+check none "\`none\`: no /dev/nvidia0 (the image's own 195:0 node is denied), control node and driver files present" \
+    '!node:nvidia0$' 'node:nvidiactl' '/probe-nodes/gpu0: EPERM' 'rc=0'
+
+run_case runc unset rootfs-debian false prestart "$NODES; ls /usr/lib/*/ | grep -iE 'nvidia|cuda'; [ -e /usr/bin/nvidia-smi ] && echo smi:present; $OPEN; echo done"
+check unset "unset: no NVIDIA file at all, rootfs untouched, as if no hook were there" \
+    '!node:' '!nvidia|cuda' '!smi:present' '/probe-nodes/gpu0: EPERM' 'rootfs:unchanged' 'done' 'rc=0'
+
+run_case runc nohook rootfs-debian false none "$NODES; echo done"
+check nohook "(reference) the same container with no hook at all" 'done' 'rc=0' '!node:'
+
+run_case runc readonly rootfs-debian true prestart "$FULL; touch /x 2>/dev/null || echo ro:yes" NVIDIA_VISIBLE_DEVICES=all
+check readonly "read-only rootfs" "$SMI_OK" "$GPU_OK" 'ro:yes'
+
+run_case runc lib64 rootfs-lib64 false prestart "$FULL; ls -l /usr/lib64/libcuda.so.1" NVIDIA_VISIBLE_DEVICES=all
+check lib64 "non-Debian image, real /lib (no usrmerge): libraries in /usr/lib64" "$SMI_OK" "$GPU_OK" '/usr/lib64/libcuda.so.1 ->'
+
+run_case runc usrmerge rootfs-debian false prestart "ls -ld /lib; ls -l /lib/x86_64-linux-gnu/libcuda.so.1; cudaprobe" NVIDIA_VISIBLE_DEVICES=all
+check usrmerge "usrmerge image (/lib -> usr/lib): libraries in the multiarch dir, seen through /lib" 'lib -> usr/lib' 'libcuda.so.1 ->' "$GPU_OK"
+
+run_case runc createruntime rootfs-debian false createRuntime "$FULL" NVIDIA_VISIBLE_DEVICES=all
+check createruntime "registered as createRuntime instead of prestart" "$SMI_OK" "$GPU_OK"
+
+run_case runc unknown rootfs-debian false prestart 'echo started' NVIDIA_VISIBLE_DEVICES=GPU-00000000-dead-beef-0000-000000000000
+check unknown "unknown UUID: the start fails with nvhook's message" '!started' 'nvhook: error: NVIDIA_VISIBLE_DEVICES: unknown device' "$UUID"
+
+if command -v crun >/dev/null && crun --version >/dev/null 2>&1; then
+    run_case crun crun-all rootfs-debian false prestart "$FULL; $OPEN" NVIDIA_VISIBLE_DEVICES=0
+    check crun-all "crun, \`0\`: nvidia-smi and the kernel; 195:1 denied" "$SMI_OK" "$GPU_OK" '/probe-nodes/gpu1: EPERM'
+else
+    ROWS+=("| crun-all | crun could not run on this host | SKIP |")
+fi
+
+{
+    echo "nvhook GPU end-to-end kit"
+    echo
+    echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "- host: $(uname -r), cgroup fs: $CGROUP, GPU: $MODEL ($UUID), driver $DRIVER"
+    echo "- runtimes: $(runc --version | head -1); $(crun --version 2>/dev/null | head -1 || echo 'crun: none')"
+    echo "- nvhook: $($NVHOOK version), no config file (defaults)"
+    echo
+    echo "| case | what is checked | result |"
+    echo "| --- | --- | --- |"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "$(( ${#ROWS[@]} - FAILED )) of ${#ROWS[@]} passed"
+} | tee "$OUTDIR/gpu-e2e.md"
+[ "$FAILED" = 0 ]
