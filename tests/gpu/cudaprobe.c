@@ -47,10 +47,11 @@ static const char *PTX =
     "  ret;\n"
     "}\n";
 
-#define LOAD(name) \
-    name##_t name = (name##_t)dlsym(h, #name "_v2"); \
-    if (!name) name = (name##_t)dlsym(h, #name); \
-    if (!name) { printf("cudaprobe: missing symbol %s\n", #name); return 3; }
+/* Each entry point by its exact exported name: a later _vN of a function may take other arguments
+ * (CUDA 13 has cuCtxSynchronize_v2(CUcontext)), so never guess a version suffix. */
+#define LOAD(name, sym) \
+    name##_t name = (name##_t)dlsym(h, sym); \
+    if (!name) { printf("cudaprobe: missing symbol %s\n", sym); return 3; }
 #define CHECK(call) do { CUresult r_ = (call); if (r_ != 0) { \
     printf("cudaprobe: %s failed: error %d\n", #call, r_); return 4; } } while (0)
 
@@ -73,9 +74,13 @@ int main(int argc, char **argv) {
     unsigned n = argc > 1 ? (unsigned)strtoul(argv[1], 0, 10) : 1048576u;
     void *h = dlopen("libcuda.so.1", RTLD_NOW);
     if (!h) { printf("cudaprobe: dlopen libcuda.so.1 failed: %s\n", dlerror()); return 2; }
-    LOAD(cuInit) LOAD(cuDriverGetVersion) LOAD(cuDeviceGetCount) LOAD(cuDeviceGet)
-    LOAD(cuDeviceGetName) LOAD(cuCtxCreate) LOAD(cuModuleLoadData) LOAD(cuModuleGetFunction)
-    LOAD(cuMemAlloc) LOAD(cuMemcpyHtoD) LOAD(cuMemcpyDtoH) LOAD(cuLaunchKernel) LOAD(cuCtxSynchronize)
+    LOAD(cuInit, "cuInit") LOAD(cuDriverGetVersion, "cuDriverGetVersion")
+    LOAD(cuDeviceGetCount, "cuDeviceGetCount") LOAD(cuDeviceGet, "cuDeviceGet")
+    LOAD(cuDeviceGetName, "cuDeviceGetName") LOAD(cuCtxCreate, "cuCtxCreate_v2")
+    LOAD(cuModuleLoadData, "cuModuleLoadData") LOAD(cuModuleGetFunction, "cuModuleGetFunction")
+    LOAD(cuMemAlloc, "cuMemAlloc_v2") LOAD(cuMemcpyHtoD, "cuMemcpyHtoD_v2")
+    LOAD(cuMemcpyDtoH, "cuMemcpyDtoH_v2") LOAD(cuLaunchKernel, "cuLaunchKernel")
+    LOAD(cuCtxSynchronize, "cuCtxSynchronize")
     int ver = 0, count = 0;
     CHECK(cuInit(0));
     CHECK(cuDriverGetVersion(&ver));
