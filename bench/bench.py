@@ -91,6 +91,8 @@ def base_config(rootfs, args, env):
     }
 
 
+PHASES = ["total_us", "parse", "request", "config", "inventory", "inv_gpus", "inv_nodes", "inv_ldcache",
+          "inv_libs", "inv_bins", "inv_firmware", "cgroup_open", "setns", "plan", "mounts", "ldcache", "cgroup"]
 ALL = ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
 ALL_CAPS = ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=all"]
 
@@ -298,10 +300,8 @@ class Bench:
                          "peak RSS of the hook process):" % self.a.breakdown_n)
             lines.append("")
             keys = sorted({k for v in bd.values() for k in v if k not in ("maxrss_kib", "maxrss_kib_max")},
-                          key=lambda k: ["total_us", "parse", "request", "config", "inventory", "cgroup_open",
-                                         "setns", "plan", "mounts", "ldcache", "cgroup"].index(k)
-                          if k in ["total_us", "parse", "request", "config", "inventory", "cgroup_open",
-                                   "setns", "plan", "mounts", "ldcache", "cgroup"] else 99)
+                          key=lambda k: PHASES.index(k)
+                          if k in PHASES else 99)
             lines.append("| setup | " + " | ".join(keys) + " | peak RSS |")
             lines.append("| --- |" + " --- |" * (len(keys) + 1))
             for k, v in bd.items():

@@ -10,7 +10,7 @@ use crate::layout::Layout;
 use crate::nvidia::{self, Inventory, request::Capabilities, request::Request};
 use crate::plan::Plan;
 use crate::rootfs::Rootfs;
-use crate::state::{self, Container};
+use crate::state::{self, BundleConfig};
 use crate::timing::Timer;
 
 /// What `prestart` did.
@@ -23,8 +23,8 @@ pub enum Outcome {
 }
 
 /// The container's request, with the host's supported capabilities applied.
-fn request_for(container: &Container) -> Result<Option<Request>> {
-    Request::from_env(&container.env, &Capabilities::all())
+fn request_for(env: &[String]) -> Result<Option<Request>> {
+    Request::from_env(env, &Capabilities::all())
 }
 
 /// `nvhook prestart`: read the state from `input`, and give the container what it asked for.
@@ -32,37 +32,20 @@ fn request_for(container: &Container) -> Result<Option<Request>> {
 pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome> {
     let mut t = Timer::new();
     let st = state::read_state(input)?;
-    let container = match Container::from_state(&st)? {
-        Ok(c) => c,
-        Err(unparsed) => {
-            return match Request::from_env(&unparsed.env, &Capabilities::all())? {
-                None => {
-                    log::debug!(
-                        "no GPU requested; config.json not fully parsed: {}",
-                        unparsed.error
-                    );
-                    Ok(Outcome::NotRequested)
-                }
-                Some(_) => Err(unparsed.error),
-            };
-        }
-    };
-    t.mark("parse");
-    // The fast path of every non-GPU container: decided from the environment alone, before any
-    // file of the host is read (a broken config must not stop containers that don't use GPUs).
-    let Some(req) = request_for(&container)? else {
-        t.mark("request");
-        log::debug!(
-            "container {}: no GPU requested; {}",
-            container.id,
-            t.summary()
-        );
+    let bundle = BundleConfig::read(st.bundle())?;
+    // The fast path of every non-GPU container: decided from `process.env` alone, before the full
+    // spec is parsed and before any file of the host is read (a broken config must not stop
+    // containers that don't use GPUs).
+    let Some(req) = request_for(&bundle.env()?)? else {
+        t.mark("parse");
+        log::debug!("container {}: no GPU requested; {}", st.id(), t.summary());
         return Ok(Outcome::NotRequested);
     };
+    let container = bundle.container(Some(&st))?;
+    t.mark("parse");
     let config = Config::load(config_path)?;
     t.mark("config");
-    let inv = Inventory::discover(&config, &req)?;
-    t.mark("inventory");
+    let inv = Inventory::discover(&config, &req, &mut t)?;
 
     let pid = container.pid.ok_or(Error::NoPid)?;
     let ns = MountNamespace::of_pid(pid)?;
@@ -108,23 +91,22 @@ pub enum PlanSource<R: Read> {
 /// `nvhook plan`: the same pipeline as `prestart`, printing instead of applying. The layout is
 /// detected from the rootfs as the host sees it.
 pub fn plan<R: Read>(source: PlanSource<R>, config_path: Option<&Path>) -> Result<Plan> {
-    let container = match source {
+    let (bundle, st) = match source {
         PlanSource::State(r) => {
-            Container::from_state(&state::read_state(r)?)?.map_err(|u| u.error)?
+            let st = state::read_state(r)?;
+            (BundleConfig::read(st.bundle())?, Some(st))
         }
-        PlanSource::Bundle(b) => {
-            let spec = state::load_spec(&b)?;
-            Container::from_spec(&b, &spec)?
-        }
+        PlanSource::Bundle(b) => (BundleConfig::read(&b)?, None),
     };
-    let Some(req) = request_for(&container)? else {
+    let Some(req) = request_for(&bundle.env()?)? else {
         return Ok(Plan {
             summary: serde_json::json!({"class": "nvidia", "requested": false}),
             ..Plan::default()
         });
     };
+    let container = bundle.container(st.as_ref())?;
     let config = Config::load(config_path)?;
-    let inv = Inventory::discover(&config, &req)?;
+    let inv = Inventory::discover(&config, &req, &mut Timer::new())?;
     let layout = match Rootfs::open(&container.rootfs) {
         Ok(r) => Layout::detect(&r),
         Err(e) => {

@@ -114,10 +114,8 @@ fn u64_at(buf: &[u8], off: usize) -> Option<u64> {
     Some(lo | (hi << 32))
 }
 
-/// A NUL-terminated string at `base + off`. Invalid UTF-8 is kept lossily: names are compared as
-/// bytes by ld.so, but no real library name is non-UTF-8 and we never write such a name back
-/// unless it came from the same file.
-fn cstr_at(buf: &[u8], base: usize, off: u32) -> Result<String, LdCacheError> {
+/// The bytes of the NUL-terminated string at `base + off`, without its NUL.
+fn cbytes_at(buf: &[u8], base: usize, off: u32) -> Result<&[u8], LdCacheError> {
     let start = base
         .checked_add(off as usize)
         .filter(|s| *s < buf.len())
@@ -126,17 +124,30 @@ fn cstr_at(buf: &[u8], base: usize, off: u32) -> Result<String, LdCacheError> {
         .iter()
         .position(|b| *b == 0)
         .ok_or(LdCacheError::BadString(off))?;
-    Ok(String::from_utf8_lossy(&buf[start..start + len]).into_owned())
+    Ok(&buf[start..start + len])
+}
+
+/// A NUL-terminated string at `base + off`. Invalid UTF-8 is kept lossily: names are compared as
+/// bytes by ld.so, but no real library name is non-UTF-8 and we never write such a name back
+/// unless it came from the same file.
+fn cstr_at(buf: &[u8], base: usize, off: u32) -> Result<String, LdCacheError> {
+    Ok(String::from_utf8_lossy(cbytes_at(buf, base, off)?).into_owned())
 }
 
 impl LdCache {
     /// Parse a cache file's bytes.
     pub fn parse(buf: &[u8]) -> Result<Self, LdCacheError> {
+        Self::parse_filtered(buf, |_| true)
+    }
+
+    /// Parse, keeping only the entries whose key `keep` accepts (the others are checked, not
+    /// copied: a host's cache holds thousands of entries and the driver needs a few dozen).
+    pub fn parse_filtered(buf: &[u8], keep: impl Fn(&[u8]) -> bool) -> Result<Self, LdCacheError> {
         if buf.len() > MAX_CACHE_SIZE {
             return Err(LdCacheError::TooLarge);
         }
         if buf.starts_with(NEW_MAGIC) {
-            return Self::parse_new(buf, 0);
+            return Self::parse_new(buf, 0, &keep);
         }
         if buf.starts_with(OLD_MAGIC) {
             let nlibs = u32_at(buf, 12).ok_or(LdCacheError::Truncated("old header"))? as usize;
@@ -148,20 +159,28 @@ impl LdCache {
             // glibc aligns the new-format header that follows the old one to 8 bytes.
             let new_at = entries_end.next_multiple_of(8);
             if buf.get(new_at..).is_some_and(|b| b.starts_with(NEW_MAGIC)) {
-                return Self::parse_new(buf, new_at);
+                return Self::parse_new(buf, new_at, &keep);
             }
-            return Self::parse_old(buf, nlibs, entries_end);
+            return Self::parse_old(buf, nlibs, entries_end, &keep);
         }
         Err(LdCacheError::BadMagic)
     }
 
-    fn parse_old(buf: &[u8], nlibs: usize, strings: usize) -> Result<Self, LdCacheError> {
+    fn parse_old(
+        buf: &[u8],
+        nlibs: usize,
+        strings: usize,
+        keep: &impl Fn(&[u8]) -> bool,
+    ) -> Result<Self, LdCacheError> {
         let mut entries = Vec::with_capacity(nlibs);
         for i in 0..nlibs {
             let at = OLD_HEADER_LEN + i * OLD_ENTRY_LEN;
             let flags = u32_at(buf, at).ok_or(LdCacheError::Truncated("old entry"))? as i32;
             let key = u32_at(buf, at + 4).ok_or(LdCacheError::Truncated("old entry"))?;
             let value = u32_at(buf, at + 8).ok_or(LdCacheError::Truncated("old entry"))?;
+            if !keep(cbytes_at(buf, strings, key)?) {
+                continue;
+            }
             entries.push(Entry {
                 key: cstr_at(buf, strings, key)?,
                 value: cstr_at(buf, strings, value)?,
@@ -176,7 +195,11 @@ impl LdCache {
         })
     }
 
-    fn parse_new(buf: &[u8], base: usize) -> Result<Self, LdCacheError> {
+    fn parse_new(
+        buf: &[u8],
+        base: usize,
+        keep: &impl Fn(&[u8]) -> bool,
+    ) -> Result<Self, LdCacheError> {
         let hdr = buf
             .get(base..base + NEW_HEADER_LEN)
             .ok_or(LdCacheError::Truncated("header"))?;
@@ -198,6 +221,9 @@ impl LdCache {
             let value = u32_at(buf, at + 8).ok_or(t.clone())?;
             let osversion = u32_at(buf, at + 12).ok_or(t.clone())?;
             let hwcap = u64_at(buf, at + 16).ok_or(t)?;
+            if !keep(cbytes_at(buf, base, key)?) {
+                continue;
+            }
             entries.push(Entry {
                 key: cstr_at(buf, base, key)?,
                 value: cstr_at(buf, base, value)?,

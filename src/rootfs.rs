@@ -57,6 +57,12 @@ pub struct Rootfs {
     path: PathBuf,
 }
 
+/// The path, in the current mount namespace, of what `fd` refers to.
+pub fn fd_path(fd: &OwnedFd) -> std::result::Result<PathBuf, Errno> {
+    nix::fcntl::readlink(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)).as_str())
+        .map(PathBuf::from)
+}
+
 /// What a path inside the rootfs is, without following a final symlink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -51,16 +51,6 @@ pub fn read_state(mut input: impl Read) -> Result<State, Error> {
     })
 }
 
-/// Load `<bundle>/config.json`.
-pub fn load_spec(bundle: &Path) -> Result<Spec, Error> {
-    let path = bundle.join("config.json");
-    let text = std::fs::read(&path).map_err(|source| Error::SpecRead {
-        path: path.clone(),
-        source,
-    })?;
-    parse_spec(&path, &text)
-}
-
 fn parse_spec(path: &Path, text: &[u8]) -> Result<Spec, Error> {
     serde_json::from_slice(text).map_err(|e| Error::SpecParse {
         path: path.to_owned(),
@@ -68,9 +58,9 @@ fn parse_spec(path: &Path, text: &[u8]) -> Result<Spec, Error> {
     })
 }
 
-/// Just `process.env`, read leniently. oci-spec's types are strict (a missing `process.user`,
-/// a field a newer runtime writes differently); a spec they reject must still not stop a
-/// container that asks for no GPU, so the hook looks at the environment alone first.
+/// Just `process.env`, read leniently: the fast path of every container looks at nothing else.
+/// (oci-spec's full parse costs ~150 us and its types are strict: a spec they reject, or a field
+/// a newer runtime writes differently, must not stop a container that asks for no GPU.)
 #[derive(serde::Deserialize)]
 struct EnvOnly {
     process: Option<EnvOnlyProcess>,
@@ -80,19 +70,16 @@ struct EnvOnlyProcess {
     env: Option<Vec<String>>,
 }
 
-/// A bundle whose config.json oci-spec rejected: its environment, and the error to report if
-/// the environment does ask for a GPU.
-#[derive(Debug)]
-pub struct Unparsed {
-    pub env: Vec<String>,
-    pub error: Error,
+/// The bundle's `config.json`, read once.
+pub struct BundleConfig {
+    pub bundle: PathBuf,
+    path: PathBuf,
+    text: Vec<u8>,
 }
 
-impl Container {
-    /// Combine the runtime's state with the bundle's spec. `Ok(Err(..))`: the spec could not be
-    /// parsed by oci-spec, but its environment could.
-    pub fn from_state(state: &State) -> Result<Result<Container, Unparsed>, Error> {
-        let bundle = state.bundle().clone();
+impl BundleConfig {
+    /// Read `<bundle>/config.json`.
+    pub fn read(bundle: &Path) -> Result<BundleConfig, Error> {
         if bundle.as_os_str().is_empty() {
             return Err(Error::StateParse {
                 reason: "the state has no \"bundle\"".into(),
@@ -103,24 +90,39 @@ impl Container {
             path: path.clone(),
             source,
         })?;
-        let spec = match parse_spec(&path, &text) {
-            Ok(s) => s,
-            Err(error) => {
-                let lenient: EnvOnly =
-                    serde_json::from_slice(&text).map_err(|e| Error::SpecParse {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let env = lenient.process.and_then(|p| p.env).unwrap_or_default();
-                return Ok(Err(Unparsed { env, error }));
-            }
-        };
-        let mut c = Container::from_spec(&bundle, &spec)?;
-        c.id = state.id().clone();
-        c.pid = *state.pid();
-        Ok(Ok(c))
+        Ok(BundleConfig {
+            bundle: bundle.to_owned(),
+            path,
+            text,
+        })
     }
 
+    /// `process.env` alone.
+    pub fn env(&self) -> Result<Vec<String>, Error> {
+        let e: EnvOnly = serde_json::from_slice(&self.text).map_err(|e| Error::SpecParse {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(e.process.and_then(|p| p.env).unwrap_or_default())
+    }
+
+    /// The whole spec, through oci-spec.
+    pub fn spec(&self) -> Result<Spec, Error> {
+        parse_spec(&self.path, &self.text)
+    }
+
+    /// The container, from the whole spec and the runtime's state (if there is one).
+    pub fn container(&self, state: Option<&State>) -> Result<Container, Error> {
+        let mut c = Container::from_spec(&self.bundle, &self.spec()?)?;
+        if let Some(st) = state {
+            c.id = st.id().clone();
+            c.pid = *st.pid();
+        }
+        Ok(c)
+    }
+}
+
+impl Container {
     /// A container described by a bundle alone (for `nvhook plan --bundle`).
     pub fn from_spec(bundle: &Path, spec: &Spec) -> Result<Container, Error> {
         let env = spec
@@ -189,7 +191,7 @@ mod tests {
             &br#"{"ociVersion":"1.0.2","id":"c1","status":"created","pid":42,"bundle":"/nonexistent/bundle"}"#[..],
         )
         .unwrap();
-        let e = Container::from_state(&s).unwrap_err();
+        let e = BundleConfig::read(s.bundle()).err().unwrap();
         assert!(
             e.to_string().contains("/nonexistent/bundle/config.json"),
             "{e}"

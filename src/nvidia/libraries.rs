@@ -72,6 +72,10 @@ pub struct DriverRoot {
     root_path: PathBuf,
     version: String,
     cache: Option<LdCache>,
+    /// Set once the cache has given one library of this driver: from then on it is trusted to
+    /// know the driver, and a name it lacks is one this driver does not ship (scanning the
+    /// library directories for it would cost milliseconds on a host with a large /usr/lib).
+    cache_has_driver: bool,
     /// directory listings made by the fallback scan, kept for the next name
     listings: HashMap<String, Vec<String>>,
 }
@@ -83,8 +87,9 @@ fn file_name_of(p: &Path) -> String {
 }
 
 impl DriverRoot {
-    /// Open the driver root and read its `etc/ld.so.cache` if it has one.
-    pub fn open(root_path: &Path, version: &str) -> Result<DriverRoot, Error> {
+    /// Open the driver root and read its `etc/ld.so.cache` if it has one, keeping the entries
+    /// whose soname starts with one of `prefixes`.
+    pub fn open(root_path: &Path, version: &str, prefixes: &[&str]) -> Result<DriverRoot, Error> {
         let root = Rootfs::open(root_path).map_err(|e| Error::DriverFile {
             path: root_path.to_owned(),
             reason: e.to_string(),
@@ -92,10 +97,15 @@ impl DriverRoot {
         let cache_path = root_path.join("etc/ld.so.cache");
         let cache = match root.read_file("/etc/ld.so.cache", crate::ldcache::MAX_CACHE_SIZE as u64)
         {
-            Ok(Some(bytes)) => Some(LdCache::parse(&bytes).map_err(|e| Error::DriverLdCache {
-                path: cache_path,
-                reason: e.to_string(),
-            })?),
+            Ok(Some(bytes)) => Some(
+                LdCache::parse_filtered(&bytes, |k| {
+                    prefixes.iter().any(|p| k.starts_with(p.as_bytes()))
+                })
+                .map_err(|e| Error::DriverLdCache {
+                    path: cache_path,
+                    reason: e.to_string(),
+                })?,
+            ),
             Ok(None) => None,
             Err(e) => {
                 return Err(Error::DriverLdCache {
@@ -109,6 +119,7 @@ impl DriverRoot {
             root_path: root_path.to_owned(),
             version: version.to_owned(),
             cache,
+            cache_has_driver: false,
             listings: HashMap::new(),
         })
     }
@@ -125,8 +136,14 @@ impl DriverRoot {
 
     /// The library whose soname starts with `prefix`, for the ABI `flags`, if the host has one.
     pub fn find_library(&mut self, prefix: &str, flags: i32) -> Option<Library> {
-        self.in_cache(prefix, flags)
-            .or_else(|| self.by_scan(prefix, flags))
+        if let Some(lib) = self.in_cache(prefix, flags) {
+            self.cache_has_driver = true;
+            return Some(lib);
+        }
+        if self.cache.is_some() && self.cache_has_driver {
+            return None;
+        }
+        self.by_scan(prefix, flags)
     }
 
     fn in_cache(&self, prefix: &str, flags: i32) -> Option<Library> {
@@ -190,40 +207,55 @@ impl DriverRoot {
         })
     }
 
-    /// Find a driver binary: configured directories first, then `bin` beside each directory the
-    /// driver's libraries were found in (`/usr/local/nvidia/lib64` -> `/usr/local/nvidia/bin`),
-    /// then the standard ones.
-    pub fn find_binary(
+    /// Find the driver's binaries: configured directories first, then `bin` beside each
+    /// directory the driver's libraries were found in (`/usr/local/nvidia/lib64` ->
+    /// `/usr/local/nvidia/bin`), then the standard ones. Each directory is resolved once.
+    pub fn find_binaries(
         &self,
-        name: &str,
+        names: &[&str],
         extra_dirs: &[PathBuf],
         lib_dirs: &[PathBuf],
-    ) -> Option<Binary> {
+    ) -> Vec<Binary> {
         let beside_libs = lib_dirs
             .iter()
             .filter_map(|d| d.parent().map(|p| p.join("bin")))
             .filter_map(|d| d.strip_prefix(&self.root_path).ok().map(Path::to_path_buf));
-        let dirs = extra_dirs
+        let mut dirs: Vec<String> = Vec::new();
+        for d in extra_dirs
             .iter()
             .cloned()
             .chain(beside_libs)
-            .chain(BINARY_DIRS.iter().map(PathBuf::from));
-        for dir in dirs {
-            let rel = format!("/{}/{name}", dir.to_string_lossy().trim_start_matches('/'));
-            let Ok(real) = self.root.real_path(&rel) else {
-                continue;
-            };
-            use std::os::unix::fs::PermissionsExt;
-            if std::fs::metadata(&real)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .chain(BINARY_DIRS.iter().map(PathBuf::from))
+        {
+            let d = format!("/{}", d.to_string_lossy().trim_matches('/'));
+            if !dirs.contains(&d)
+                && matches!(self.root.kind(&d), Ok(Some(crate::rootfs::Kind::Dir)))
             {
-                return Some(Binary {
-                    name: name.to_owned(),
-                    host_path: real,
-                });
+                dirs.push(d);
             }
         }
-        None
+        let mut out = Vec::new();
+        for name in names {
+            for dir in &dirs {
+                let Ok(fd) = self.root.resolve(&format!("{dir}/{name}")) else {
+                    continue;
+                };
+                let executable = nix::sys::stat::fstat(&fd).is_ok_and(|st| {
+                    st.st_mode & libc_s_ifmt() == libc_s_ifreg() && st.st_mode & 0o111 != 0
+                });
+                if !executable {
+                    continue;
+                }
+                if let Ok(host_path) = crate::rootfs::fd_path(&fd) {
+                    out.push(Binary {
+                        name: (*name).to_owned(),
+                        host_path,
+                    });
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// The GSP firmware files of this driver version: `nvidia/<version>/gsp*.bin` under the
@@ -272,4 +304,11 @@ impl DriverRoot {
         }
         Vec::new()
     }
+}
+
+fn libc_s_ifmt() -> u32 {
+    nix::sys::stat::SFlag::S_IFMT.bits()
+}
+fn libc_s_ifreg() -> u32 {
+    nix::sys::stat::SFlag::S_IFREG.bits()
 }

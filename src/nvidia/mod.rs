@@ -15,6 +15,7 @@ use crate::devnode::{HostNode, stat_node};
 use crate::error::Error;
 use crate::layout::Layout;
 use crate::plan::{MountFlags, Plan};
+use crate::timing::Timer;
 use gpus::Gpu;
 use libraries::{Binary, DriverRoot, Library};
 use request::{Capabilities, Devices, Request, VISIBLE_DEVICES};
@@ -122,11 +123,12 @@ const REQUIRED_LIBS: &[(&str, request::Capability)] = &[
 ];
 
 impl Inventory {
-    /// Discover what `request` needs from the host.
-    pub fn discover(config: &Config, req: &Request) -> Result<Inventory, Error> {
+    /// Discover what `request` needs from the host. Sub-phases are marked on `t`.
+    pub fn discover(config: &Config, req: &Request, t: &mut Timer) -> Result<Inventory, Error> {
         let driver_version = gpus::driver_version(&config.proc_root)?;
         let all_gpus = gpus::discover(&config.proc_root)?;
         let selected = select(&req.devices, &all_gpus)?;
+        t.mark("inv_gpus");
         let caps = &req.capabilities;
 
         let node = |name: &str, required: bool| -> Result<Option<HostNode>, Error> {
@@ -165,10 +167,13 @@ impl Inventory {
             gpu_nodes.extend(node(&format!("nvidia{}", g.minor), true)?);
         }
 
-        let mut root = DriverRoot::open(&config.driver_root, &driver_version)?;
+        t.mark("inv_nodes");
+        let names = catalog::library_names(caps);
+        let mut root = DriverRoot::open(&config.driver_root, &driver_version, &names)?;
+        t.mark("inv_ldcache");
         let flags = crate::ldcache::native_flags();
         let mut libraries: Vec<Library> = Vec::new();
-        for name in catalog::library_names(caps) {
+        for name in names {
             match root.find_library(name, flags) {
                 Some(lib) => {
                     if !libraries.iter().any(|l| l.host_path == lib.host_path) {
@@ -190,18 +195,22 @@ impl Inventory {
                 }
             }
         }
+        t.mark("inv_libs");
         let lib_dirs: Vec<PathBuf> = libraries
             .iter()
             .filter_map(|l| l.host_path.parent().map(PathBuf::from))
             .collect();
-        let mut binaries = Vec::new();
-        for name in catalog::binary_names(caps) {
-            match root.find_binary(name, &config.binary_dirs, &lib_dirs) {
-                Some(b) => binaries.push(b),
-                None => log::debug!("driver binary {name} not found; skipped"),
-            }
+        let bin_names = catalog::binary_names(caps);
+        let binaries = root.find_binaries(&bin_names, &config.binary_dirs, &lib_dirs);
+        for n in bin_names
+            .iter()
+            .filter(|n| !binaries.iter().any(|b| b.name == **n))
+        {
+            log::debug!("driver binary {n} not found; skipped");
         }
+        t.mark("inv_bins");
         let firmware = root.find_firmware();
+        t.mark("inv_firmware");
         Ok(Inventory {
             driver_version,
             gpus: all_gpus,

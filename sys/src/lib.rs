@@ -170,17 +170,22 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> libc::c_long {
     }
 }
 
-/// Load a `BPF_PROG_TYPE_CGROUP_DEVICE` program. On a verifier error the kernel's log is returned
-/// in the error message.
+/// Load a `BPF_PROG_TYPE_CGROUP_DEVICE` program. On a verifier error the load is repeated with
+/// the verifier's log on, and the log is returned in the error message (a logged load is several
+/// times slower, so the common case runs without it).
 pub fn prog_load_cgroup_device(insns: &[BpfInsn], license: &str) -> io::Result<OwnedFd> {
     let lic = CString::new(license).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut log = vec![0u8; 64 * 1024];
     let mut a = Attr::new();
     a.u32(0, BPF_PROG_TYPE_CGROUP_DEVICE)
         .u32(4, insns.len() as u32)
         .u64(8, insns.as_ptr() as u64)
-        .u64(16, lic.as_ptr() as u64)
-        .u32(24, 1) // log_level
+        .u64(16, lic.as_ptr() as u64);
+    let ret = bpf(BPF_PROG_LOAD, &mut a);
+    if ret >= 0 {
+        return owned(ret);
+    }
+    let mut log = vec![0u8; 64 * 1024];
+    a.u32(24, 1) // log_level
         .u32(28, log.len() as u32)
         .u64(32, log.as_mut_ptr() as u64);
     let ret = bpf(BPF_PROG_LOAD, &mut a);
