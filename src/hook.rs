@@ -63,6 +63,7 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     let plan = nvidia::plan(&req, &inv, &layout);
     t.mark("plan");
     apply::mounts(&plan, &rootfs)?;
+    apply::tmpfs_dirs(&plan, &rootfs)?;
     t.mark("mounts");
     apply::ldcache(&plan, &rootfs)?;
     t.mark("ldcache");

@@ -115,7 +115,36 @@ impl std::fmt::Display for DeviceRule {
     }
 }
 
-/// Everything to do, in order: devices, mounts, symlinks, linker cache, cgroup.
+/// A file of a [`TmpfsDir`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsFile {
+    /// Name inside the directory (no `/`).
+    pub name: String,
+    pub content: String,
+}
+
+/// A host directory bind-mounted (read-only) into a [`TmpfsDir`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsBind {
+    pub source: PathBuf,
+    /// Relative path inside the tmpfs (`gpus/0000:3b:00.0`).
+    pub path: String,
+}
+
+/// Replace a container directory by a read-only tmpfs holding exactly `files` and `binds`: used
+/// to show the container only the selected GPUs under `/proc/driver/nvidia`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsDir {
+    /// Container path; must exist.
+    pub target: String,
+    pub files: Vec<TmpfsFile>,
+    pub binds: Vec<TmpfsBind>,
+    /// Apply only if the target is on procfs (the container's own /proc): never create or
+    /// cover an image directory that merely has that name.
+    pub only_on_procfs: bool,
+}
+
+/// Everything to do, in order: devices, mounts, symlinks, tmpfs dirs, linker cache, cgroup.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Plan {
     /// What the plan is for, for humans (`nvhook plan`); not used by apply.
@@ -124,6 +153,8 @@ pub struct Plan {
     pub devices: Vec<Device>,
     pub mounts: Vec<Mount>,
     pub symlinks: Vec<Symlink>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<TmpfsDir>,
     pub ldcache: Vec<LdEntry>,
     pub cgroup_rules: Vec<DeviceRule>,
 }

@@ -92,6 +92,96 @@ pub fn mounts(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `statfs` magic of procfs.
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// Build each planned tmpfs detached (files written, host directories bound in, everything
+/// read-only, nosuid, nodev, noexec), then attach it over its target in one step, so the container
+/// never sees a half-filled or writable directory.
+pub fn tmpfs_dirs(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
+    for t in &plan.tmpfs {
+        let target = match rootfs.resolve(&t.target) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::debug!(
+                    "{}: not present in the container ({e}); not replaced",
+                    t.target
+                );
+                continue;
+            }
+        };
+        if t.only_on_procfs {
+            let on_proc = nix::sys::statfs::fstatfs(&target)
+                .is_ok_and(|s| s.filesystem_type().0 as i64 == PROC_SUPER_MAGIC);
+            if !on_proc {
+                log::debug!(
+                    "{} is not on the container's procfs; not replaced",
+                    t.target
+                );
+                continue;
+            }
+        }
+        tmpfs_dir(t, &target).map_err(|e| Error::Mount {
+            source_path: "tmpfs".into(),
+            target: t.target.clone(),
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+fn tmpfs_dir(t: &crate::plan::TmpfsDir, target: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, mkdirat};
+    use std::io::Write;
+    let inert = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+    let mnt = sys::tmpfs_detached("0555", "1m", inert)?;
+    for f in &t.files {
+        if f.name.contains('/') || f.name.starts_with('.') {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::EINVAL));
+        }
+        let fd = openat(
+            mnt.as_fd(),
+            f.name.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o444),
+        )?;
+        std::fs::File::from(fd).write_all(f.content.as_bytes())?;
+    }
+    for b in &t.binds {
+        // create every directory of the relative path inside the (fresh, private) tmpfs
+        let mut dir = String::new();
+        for comp in b.path.split('/').filter(|c| !c.is_empty()) {
+            if comp == ".." || comp == "." {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::EINVAL));
+            }
+            if !dir.is_empty() {
+                dir.push('/');
+            }
+            dir.push_str(comp);
+            match mkdirat(mnt.as_fd(), dir.as_str(), Mode::from_bits_truncate(0o555)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let point = openat(
+            mnt.as_fd(),
+            dir.as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let src = b
+            .source
+            .to_str()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(nix::libc::EINVAL))?;
+        let tree = sys::open_tree_clone(src)?;
+        sys::mount_setattr(tree.as_fd(), sys::MOUNT_ATTR_RDONLY | inert)?;
+        sys::move_mount(tree.as_fd(), point.as_fd())?;
+    }
+    sys::mount_setattr_recursive(mnt.as_fd(), sys::MOUNT_ATTR_RDONLY | inert)?;
+    sys::move_mount(mnt.as_fd(), target.as_fd())
+}
+
 /// Merge the plan's sonames into the container's `/etc/ld.so.cache`, keeping every entry the
 /// image had. No program of the image runs: the cache is read and written as data.
 pub fn ldcache(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {

@@ -30,6 +30,9 @@ pub struct Gpu {
     /// PCI bus id as the driver writes it (`0000:00:06.0`).
     pub bus_id: String,
     pub model: String,
+    /// Its directory under `<proc-root>/driver/nvidia/gpus`.
+    #[serde(skip)]
+    pub proc_dir: std::path::PathBuf,
 }
 
 /// `Key: value` lines; whitespace around both is trimmed.
@@ -93,6 +96,7 @@ pub fn parse_information(path: &Path, text: &str, dir_name: &str) -> Result<Opti
         minor: minor.ok_or_else(|| missing("Device Minor"))?,
         bus_id: bus.unwrap_or_else(|| dir_name.to_owned()),
         model,
+        proc_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
     }))
 }
 
@@ -188,6 +192,33 @@ mod tests {
     }
 
     #[test]
+    fn params_copy_stops_device_file_modification() {
+        let dir = std::env::temp_dir().join(format!("nvhook-params-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("driver/nvidia")).unwrap();
+        std::fs::write(
+            dir.join("driver/nvidia/params"),
+            "ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 1\nDeviceFileUID: 0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("driver/nvidia/version"),
+            "NVRM version: x 1.2.3 y\n",
+        )
+        .unwrap();
+        let f = driver_files(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let params = &f.files.iter().find(|(n, _)| n == "params").unwrap().1;
+        assert_eq!(
+            params,
+            "ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 0\nDeviceFileUID: 0\n"
+        );
+        assert!(
+            f.files.iter().any(|(n, _)| n == "version")
+                && !f.files.iter().any(|(n, _)| n == "registry")
+        );
+    }
+
+    #[test]
     fn bus_order_is_numeric() {
         let mut ids = vec![
             "0000:86:00.0",
@@ -219,4 +250,38 @@ mod tests {
         );
         assert_eq!(parse_version("garbage"), None);
     }
+}
+
+/// The driver's files a container's `/proc/driver/nvidia` keeps (libnvidia-container copies the
+/// same three): `version`, `registry`, and `params` with `ModifyDeviceFiles: 0`, so that the
+/// driver's user-space libraries in the container never try to create device nodes themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DriverFiles {
+    pub files: Vec<(String, String)>,
+}
+
+pub fn driver_files(proc_root: &Path) -> DriverFiles {
+    let dir = proc_root.join("driver/nvidia");
+    let mut files = Vec::new();
+    for name in ["version", "registry", "params"] {
+        let Ok(mut text) = std::fs::read_to_string(dir.join(name)) else {
+            continue;
+        };
+        if name == "params" {
+            text = text
+                .lines()
+                .map(|l| {
+                    if l.trim_start().starts_with("ModifyDeviceFiles:") {
+                        "ModifyDeviceFiles: 0".to_owned()
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n";
+        }
+        files.push((name.to_owned(), text));
+    }
+    DriverFiles { files }
 }

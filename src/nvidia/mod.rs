@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::devnode::{HostNode, stat_node};
 use crate::error::Error;
 use crate::layout::Layout;
-use crate::plan::{MountFlags, Plan};
+use crate::plan::{MountFlags, Plan, TmpfsBind, TmpfsDir, TmpfsFile};
 use crate::timing::Timer;
 use gpus::Gpu;
 use libraries::{Binary, DriverRoot, Library};
@@ -34,6 +34,8 @@ pub struct Inventory {
     pub libraries: Vec<Library>,
     pub binaries: Vec<Binary>,
     pub firmware: Vec<PathBuf>,
+    /// What the container's `/proc/driver/nvidia` will hold besides the selected GPUs.
+    pub proc_files: gpus::DriverFiles,
 }
 
 /// Match one `NVIDIA_VISIBLE_DEVICES` token against the host's GPUs, as nvidia-container-cli
@@ -128,6 +130,7 @@ impl Inventory {
         let driver_version = gpus::driver_version(&config.proc_root)?;
         let all_gpus = gpus::discover(&config.proc_root)?;
         let selected = select(&req.devices, &all_gpus)?;
+        let proc_files = gpus::driver_files(&config.proc_root);
         t.mark("inv_gpus");
         let caps = &req.capabilities;
 
@@ -220,6 +223,7 @@ impl Inventory {
             libraries,
             binaries,
             firmware,
+            proc_files,
         })
     }
 }
@@ -287,6 +291,32 @@ pub fn plan(req: &Request, inv: &Inventory, layout: &Layout) -> Plan {
             MountFlags::CODE,
         );
     }
+    // /proc/driver/nvidia: only the selected GPUs, and the driver's files (params with
+    // ModifyDeviceFiles: 0), as libnvidia-container shows them.
+    p.tmpfs.push(TmpfsDir {
+        target: "/proc/driver/nvidia".into(),
+        files: inv
+            .proc_files
+            .files
+            .iter()
+            .map(|(name, content)| TmpfsFile {
+                name: name.clone(),
+                content: content.clone(),
+            })
+            .collect(),
+        binds: inv
+            .selected
+            .iter()
+            .filter_map(|g| {
+                let name = g.proc_dir.file_name()?.to_string_lossy().into_owned();
+                Some(TmpfsBind {
+                    source: g.proc_dir.clone(),
+                    path: format!("gpus/{name}"),
+                })
+            })
+            .collect(),
+        only_on_procfs: true,
+    });
     for f in &inv.firmware {
         if let Some(name) = f.file_name() {
             p.add_mount(
@@ -315,6 +345,7 @@ mod tests {
             minor,
             bus_id: bus.into(),
             model: "Fake".into(),
+            proc_dir: PathBuf::new(),
         }
     }
 

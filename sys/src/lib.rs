@@ -278,3 +278,73 @@ pub fn prog_detach(
         .u32(8, attach_type);
     cvt(bpf(BPF_PROG_DETACH, &mut a)).map(drop)
 }
+
+// ---------------------------------------------------------------------------------------------
+// A new, detached tmpfs (fsopen/fsconfig/fsmount, Linux >= 5.2)
+// ---------------------------------------------------------------------------------------------
+
+const FSOPEN_CLOEXEC: u32 = 1;
+const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_CMD_CREATE: u32 = 6;
+const FSMOUNT_CLOEXEC: u32 = 1;
+/// `AT_RECURSIVE` for mount_setattr: the whole tree.
+pub const AT_RECURSIVE: u32 = 0x8000;
+
+/// A detached tmpfs mount with the given `mode=` option and mount attributes; populate it through
+/// the returned descriptor (`*at` calls), then attach it with [`move_mount`].
+pub fn tmpfs_detached(mode: &str, size: &str, attrs: u64) -> io::Result<OwnedFd> {
+    let fstype = c"tmpfs";
+    // SAFETY: valid NUL-terminated string for the duration of the call.
+    let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    for (k, v) in [("mode", mode), ("size", size)] {
+        let k = CString::new(k).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let v = CString::new(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: fs is a valid fs context fd; key and value are valid strings for the call.
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        })?;
+    }
+    // SAFETY: no pointers; fs is valid.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: no pointers; fs is valid.
+    owned(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })
+}
+
+/// Like [`mount_setattr`], over the whole tree below `fd` (`AT_RECURSIVE`).
+pub fn mount_setattr_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: `empty` and `attr` are valid for the call; the size passed is attr's own size.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
