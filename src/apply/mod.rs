@@ -92,9 +92,6 @@ pub fn mounts(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `statfs` magic of procfs.
-const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-
 /// Build each planned tmpfs detached (files written, host directories bound in, everything
 /// read-only, nosuid, nodev, noexec), then attach it over its target in one step, so the container
 /// never sees a half-filled or writable directory.
@@ -112,7 +109,7 @@ pub fn tmpfs_dirs(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
         };
         if t.only_on_procfs {
             let on_proc = nix::sys::statfs::fstatfs(&target)
-                .is_ok_and(|s| s.filesystem_type().0 as i64 == PROC_SUPER_MAGIC);
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC);
             if !on_proc {
                 log::debug!(
                     "{} is not on the container's procfs; not replaced",
