@@ -25,6 +25,8 @@ pub struct Config {
     pub dev_root: PathBuf,
     /// Where procfs is mounted (`driver/nvidia/...` is read from there).
     pub proc_root: PathBuf,
+    /// Where sysfs is mounted (the GPUs' DRM nodes are found under `bus/pci/devices`).
+    pub sys_root: PathBuf,
     /// Extra directories (host paths, under `driver-root`) searched for the driver's binaries, before
     /// the standard ones.
     pub binary_dirs: Vec<PathBuf>,
@@ -39,6 +41,7 @@ impl Default for Config {
             driver_root: PathBuf::from("/"),
             dev_root: PathBuf::from("/"),
             proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
             binary_dirs: Vec::new(),
             no_cgroups: false,
         }

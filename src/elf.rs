@@ -75,7 +75,12 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 
 /// Read the soname and ABI of the ELF shared object at `path`.
 pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
-    let file = File::open(path)?;
+    read_file(&File::open(path)?)
+}
+
+/// Read the soname and ABI of an open ELF file (which may come from a container image: every
+/// offset is bounds-checked through positioned reads, and sizes are capped).
+pub fn read_file(file: &File) -> Result<ElfInfo, ElfError> {
     let ident = {
         let mut b = [0u8; 64];
         let n = file.read_at(&mut b, 0)?;
@@ -103,7 +108,7 @@ pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
             (EM_386, false) => 0,
             _ => return Err(ElfError::Unsupported("machine")),
         };
-    let r = Reader { file: &file, wide };
+    let r = Reader { file, wide };
     let (phoff, phentsize, phnum) = if wide {
         (r.word(&ident, 32), u16_at(&ident, 54), u16_at(&ident, 56))
     } else {

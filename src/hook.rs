@@ -60,7 +60,8 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
 
     let rootfs = Rootfs::open(&container.rootfs)?;
     let layout = Layout::detect(&rootfs);
-    let plan = nvidia::plan(&req, &inv, &layout);
+    let compat = compat_of(&req, &rootfs);
+    let plan = nvidia::plan(&req, &inv, &layout, compat.as_ref());
     t.mark("plan");
     apply::mounts(&plan, &rootfs)?;
     apply::tmpfs_dirs(&plan, &rootfs)?;
@@ -108,12 +109,20 @@ pub fn plan<R: Read>(source: PlanSource<R>, config_path: Option<&Path>) -> Resul
     let container = bundle.container(st.as_ref())?;
     let config = Config::load(config_path)?;
     let inv = Inventory::discover(&config, &req, &mut Timer::new())?;
-    let layout = match Rootfs::open(&container.rootfs) {
-        Ok(r) => Layout::detect(&r),
+    let (layout, compat) = match Rootfs::open(&container.rootfs) {
+        Ok(r) => (Layout::detect(&r), compat_of(&req, &r)),
         Err(e) => {
             log::warn!("{e}; assuming a Debian-style library layout");
-            Layout::debian()
+            (Layout::debian(), None)
         }
     };
-    Ok(nvidia::plan(&req, &inv, &layout))
+    Ok(nvidia::plan(&req, &inv, &layout, compat.as_ref()))
+}
+
+/// The image's CUDA forward-compat libraries; looked for only with the compute libraries, as
+/// libnvidia-container does.
+fn compat_of(req: &Request, rootfs: &Rootfs) -> Option<nvidia::compat::CudaCompat> {
+    nvidia::catalog::wants_uvm(&req.capabilities)
+        .then(|| nvidia::compat::detect(rootfs))
+        .flatten()
 }

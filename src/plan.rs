@@ -34,6 +34,13 @@ impl MountFlags {
         nodev: true,
         noexec: true,
     };
+    /// IPC sockets and the MPS pipe directory: clients write to them; nothing executes.
+    pub const IPC: MountFlags = MountFlags {
+        readonly: false,
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+    };
     /// Device nodes: the node must stay usable (no nodev); nothing executes from it.
     pub const DEVICE: MountFlags = MountFlags {
         readonly: true,
@@ -115,6 +122,13 @@ impl std::fmt::Display for DeviceRule {
     }
 }
 
+/// A small file written into the container's rootfs (replaced atomically).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsFile {
+    pub path: String,
+    pub content: String,
+}
+
 /// A file of a [`TmpfsDir`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TmpfsFile {
@@ -155,6 +169,8 @@ pub struct Plan {
     pub symlinks: Vec<Symlink>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tmpfs: Vec<TmpfsDir>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<RootfsFile>,
     pub ldcache: Vec<LdEntry>,
     pub cgroup_rules: Vec<DeviceRule>,
 }

@@ -64,7 +64,7 @@ pub fn fd_path(fd: &OwnedFd) -> std::result::Result<PathBuf, Errno> {
 }
 
 /// What a path inside the rootfs is, without following a final symlink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Dir,
     File,
@@ -175,6 +175,66 @@ impl Rootfs {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// The entries of a directory inside the root (following in-root symlinks to it), with the
+    /// kind of each entry itself (not followed). At most `limit` entries are returned.
+    pub fn list_dir(&self, path: &str, limit: usize) -> Result<Vec<(String, Kind)>> {
+        let rel = components(path)?.join("/");
+        let fd = self
+            .openat2_in_root(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|source| RootfsError::Resolve {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut dir = nix::dir::Dir::from_fd(fd).map_err(|source| RootfsError::Resolve {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for e in dir.iter().take(limit.saturating_add(2)) {
+            let Ok(e) = e else { continue };
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match e.file_type() {
+                Some(nix::dir::Type::Directory) => Kind::Dir,
+                Some(nix::dir::Type::File) => Kind::File,
+                Some(nix::dir::Type::Symlink) => Kind::Symlink,
+                _ => Kind::Other,
+            };
+            out.push((name, kind));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Open a regular file inside the root for reading (a FIFO or device is refused without
+    /// blocking on it).
+    pub fn open_file(&self, path: &str) -> Result<std::fs::File> {
+        let rel = components(path)?.join("/");
+        let fd = self
+            .openat2_in_root(&rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+            .map_err(|source| RootfsError::Resolve {
+                path: path.to_owned(),
+                source,
+            })?;
+        let st = fstat(&fd).map_err(|source| RootfsError::Resolve {
+            path: path.to_owned(),
+            source,
+        })?;
+        if Kind::of(st.st_mode) != Kind::File {
+            return Err(RootfsError::WrongType {
+                path: path.to_owned(),
+                found: Kind::of(st.st_mode).name(),
+                expected: "a regular file",
+            });
+        }
+        Ok(std::fs::File::from(fd))
     }
 
     /// The kind of what `path` resolves to (following in-root symlinks), or None if nothing is there.

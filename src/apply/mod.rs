@@ -81,6 +81,14 @@ pub fn mounts(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
     for m in &plan.mounts {
         bind(rootfs, &m.source, &m.target, m.directory, m.flags)?;
     }
+    for f in &plan.files {
+        let same = rootfs
+            .read_file(&f.path, 1 << 20)
+            .is_ok_and(|old| old.as_deref() == Some(f.content.as_bytes()));
+        if !same {
+            rootfs.write_file_atomic(&f.path, f.content.as_bytes(), 0o644)?;
+        }
+    }
     for s in &plan.symlinks {
         if !rootfs.symlink(&s.path, &s.target)? {
             log::warn!(

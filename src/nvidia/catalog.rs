@@ -55,6 +55,16 @@ pub const GRAPHICS_LIBS: &[&str] = &[
 
 pub const NGX_LIBS: &[&str] = &["libnvidia-ngx.so"];
 
+/// Graphics libraries NVIDIA ships with the driver but versions on their own (EGL platforms):
+/// the toolkit injects them for graphics; no driver-version check applies.
+pub const GRAPHICS_UNVERSIONED_LIBS: &[&str] = &[
+    "libnvidia-egl-gbm.so",
+    "libnvidia-egl-wayland.so",
+    "libnvidia-egl-wayland2.so",
+    "libnvidia-egl-xcb.so",
+    "libnvidia-egl-xlib.so",
+];
+
 pub const UTILITY_BINS: &[&str] = &[
     "nvidia-smi",
     "nvidia-debugdump",
@@ -120,6 +130,10 @@ pub fn binary_names(caps: &Capabilities) -> Vec<&'static str> {
         out.extend_from_slice(COMPUTE_BINS);
     }
     out
+}
+
+pub fn wants_graphics(caps: &Capabilities) -> bool {
+    caps.has(Capability::Graphics) || caps.has(Capability::Display)
 }
 
 /// `nvidia-uvm` and `nvidia-uvm-tools` go with the compute libraries (compute or video).

@@ -76,6 +76,8 @@ pub struct DriverRoot {
     /// know the driver, and a name it lacks is one this driver does not ship (scanning the
     /// library directories for it would cost milliseconds on a host with a large /usr/lib).
     cache_has_driver: bool,
+    /// accept any version suffix (see find_library_any_version)
+    any_version: bool,
     /// directory listings made by the fallback scan, kept for the next name
     listings: HashMap<String, Vec<String>>,
 }
@@ -120,6 +122,7 @@ impl DriverRoot {
             version: version.to_owned(),
             cache,
             cache_has_driver: false,
+            any_version: false,
             listings: HashMap::new(),
         })
     }
@@ -128,10 +131,30 @@ impl DriverRoot {
         &self.root_path
     }
 
+    /// The driver root, for lookups of other files under it.
+    pub fn rootfs(&self) -> &Rootfs {
+        &self.root
+    }
+
     fn has_version(&self, file_name: &str) -> bool {
+        if self.any_version {
+            // <name>.so.<digits and dots>: libraries that carry their own version
+            return file_name.split_once(".so.").is_some_and(|(_, v)| {
+                !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            });
+        }
         file_name
             .strip_suffix(self.version.as_str())
             .is_some_and(|head| head.ends_with(".so."))
+    }
+
+    /// Find a library that is shipped with the driver but versioned on its own
+    /// (`libnvidia-egl-gbm.so.1.1.2`): any `.so.<version>` file is accepted.
+    pub fn find_library_any_version(&mut self, prefix: &str, flags: i32) -> Option<Library> {
+        self.any_version = true;
+        let found = self.in_cache(prefix, flags);
+        self.any_version = false;
+        found
     }
 
     /// The library whose soname starts with `prefix`, for the ABI `flags`, if the host has one.

@@ -2,6 +2,8 @@
 //! container.
 
 pub mod catalog;
+pub mod compat;
+pub mod extras;
 pub mod gpus;
 pub mod libraries;
 pub mod request;
@@ -32,8 +34,17 @@ pub struct Inventory {
     pub control_nodes: Vec<HostNode>,
     pub gpu_nodes: Vec<HostNode>,
     pub libraries: Vec<Library>,
+    /// 32-bit libraries (compat32).
+    pub libraries32: Vec<Library>,
     pub binaries: Vec<Binary>,
     pub firmware: Vec<PathBuf>,
+    /// Graphics/display configuration files, X server modules, IPC sockets and directories.
+    pub files: Vec<extras::DriverFile>,
+    /// The selected GPUs' DRM nodes and their /dev/dri/by-path links.
+    pub dri_nodes: Vec<HostNode>,
+    pub dri_links: Vec<(String, String)>,
+    /// Requested IMEX channel nodes.
+    pub imex_nodes: Vec<HostNode>,
     /// What the container's `/proc/driver/nvidia` will hold besides the selected GPUs.
     pub proc_files: gpus::DriverFiles,
 }
@@ -172,11 +183,15 @@ impl Inventory {
 
         t.mark("inv_nodes");
         let names = catalog::library_names(caps);
-        let mut root = DriverRoot::open(&config.driver_root, &driver_version, &names)?;
+        let mut prefixes = names.clone();
+        if catalog::wants_graphics(caps) {
+            prefixes.extend_from_slice(catalog::GRAPHICS_UNVERSIONED_LIBS);
+        }
+        let mut root = DriverRoot::open(&config.driver_root, &driver_version, &prefixes)?;
         t.mark("inv_ldcache");
         let flags = crate::ldcache::native_flags();
         let mut libraries: Vec<Library> = Vec::new();
-        for name in names {
+        for name in names.iter().copied() {
             match root.find_library(name, flags) {
                 Some(lib) => {
                     if !libraries.iter().any(|l| l.host_path == lib.host_path) {
@@ -198,6 +213,26 @@ impl Inventory {
                 }
             }
         }
+        if catalog::wants_graphics(caps) {
+            for name in catalog::GRAPHICS_UNVERSIONED_LIBS {
+                if let Some(lib) = root.find_library_any_version(name, flags) {
+                    libraries.push(lib);
+                }
+            }
+        }
+        let mut libraries32 = Vec::new();
+        if caps.has(request::Capability::Compat32) && std::env::consts::ARCH == "x86_64" {
+            for name in &names {
+                if let Some(lib) = root.find_library(name, crate::ldcache::FLAG_ELF_LIBC6) {
+                    if !libraries32
+                        .iter()
+                        .any(|l: &Library| l.host_path == lib.host_path)
+                    {
+                        libraries32.push(lib);
+                    }
+                }
+            }
+        }
         t.mark("inv_libs");
         let lib_dirs: Vec<PathBuf> = libraries
             .iter()
@@ -213,6 +248,32 @@ impl Inventory {
         }
         t.mark("inv_bins");
         let firmware = root.find_firmware();
+        let mut files = Vec::new();
+        if catalog::wants_graphics(caps) {
+            files.extend(extras::config_files(
+                root.rootfs(),
+                catalog::wants_modeset(caps),
+            ));
+        }
+        if catalog::wants_modeset(caps) {
+            files.extend(extras::xorg_modules(
+                root.rootfs(),
+                root.path(),
+                &lib_dirs,
+                &driver_version,
+            ));
+        }
+        files.extend(extras::ipc(
+            root.rootfs(),
+            caps.has(request::Capability::Utility),
+            catalog::wants_uvm(caps),
+        ));
+        let (dri_nodes, dri_links) = if catalog::wants_graphics(caps) {
+            extras::dri_nodes(&config.sys_root, &config.dev_root, &selected)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let imex_nodes = extras::imex_channels(&config.dev_root, &req.imex_channels)?;
         t.mark("inv_firmware");
         Ok(Inventory {
             driver_version,
@@ -221,8 +282,13 @@ impl Inventory {
             control_nodes,
             gpu_nodes,
             libraries,
+            libraries32,
             binaries,
             firmware,
+            files,
+            dri_nodes,
+            dri_links,
+            imex_nodes,
             proc_files,
         })
     }
@@ -238,8 +304,14 @@ struct Summary<'a> {
     layout: &'a Layout,
 }
 
-/// The plan for one container: pure, from the request, the inventory and the image's layout.
-pub fn plan(req: &Request, inv: &Inventory, layout: &Layout) -> Plan {
+/// The plan for one container: pure, from the request, the inventory and what the image holds
+/// (its library layout, its CUDA forward-compat libraries if any).
+pub fn plan(
+    req: &Request,
+    inv: &Inventory,
+    layout: &Layout,
+    compat: Option<&compat::CudaCompat>,
+) -> Plan {
     let mut p = Plan {
         summary: serde_json::to_value(Summary {
             class: "nvidia",
@@ -251,87 +323,138 @@ pub fn plan(req: &Request, inv: &Inventory, layout: &Layout) -> Plan {
         .unwrap_or_default(),
         ..Plan::default()
     };
-    for n in inv.control_nodes.iter().chain(&inv.gpu_nodes) {
+    let nodes = inv.control_nodes.iter().chain(&inv.gpu_nodes);
+    for n in nodes.chain(&inv.dri_nodes).chain(&inv.imex_nodes) {
         p.add_device(n.clone());
     }
-    let dir = layout.lib_dir.trim_end_matches('/');
-    for lib in &inv.libraries {
-        p.add_mount(
-            lib.host_path.clone(),
-            format!("{dir}/{}", lib.file_name),
-            false,
-            MountFlags::CODE,
-        );
-        if lib.soname != lib.file_name {
-            p.add_symlink(format!("{dir}/{}", lib.soname), lib.file_name.clone());
-        }
-        p.add_ldcache(
-            lib.soname.clone(),
-            format!("{dir}/{}", lib.soname),
-            lib.cache_flags,
-        );
+    for (link, target) in &inv.dri_links {
+        p.add_symlink(link.clone(), target.clone());
     }
-    for (prefix, link, target) in catalog::EXTRA_LINKS {
-        if inv
-            .libraries
-            .iter()
-            .any(|l| l.file_name.starts_with(prefix))
-        {
-            p.add_symlink(
-                format!("{dir}/{link}"),
-                target.replace("{ver}", &inv.driver_version),
-            );
-        }
-    }
+    plan_compat(&mut p, req, inv, compat);
+    plan_libraries(&mut p, req, inv, layout);
     for b in &inv.binaries {
-        p.add_mount(
-            b.host_path.clone(),
-            format!("{}/{}", layout.bin_dir, b.name),
-            false,
-            MountFlags::CODE,
-        );
+        let target = format!("{}/{}", layout.bin_dir, b.name);
+        p.add_mount(b.host_path.clone(), target, false, MountFlags::CODE);
     }
-    // /proc/driver/nvidia: only the selected GPUs, and the driver's files (params with
-    // ModifyDeviceFiles: 0), as libnvidia-container shows them.
-    p.tmpfs.push(TmpfsDir {
-        target: "/proc/driver/nvidia".into(),
-        files: inv
-            .proc_files
-            .files
-            .iter()
-            .map(|(name, content)| TmpfsFile {
-                name: name.clone(),
-                content: content.clone(),
-            })
-            .collect(),
-        binds: inv
-            .selected
-            .iter()
-            .filter_map(|g| {
-                let name = g.proc_dir.file_name()?.to_string_lossy().into_owned();
-                Some(TmpfsBind {
-                    source: g.proc_dir.clone(),
-                    path: format!("gpus/{name}"),
-                })
-            })
-            .collect(),
-        only_on_procfs: true,
-    });
+    plan_files(&mut p, inv);
+    plan_proc(&mut p, inv);
     for f in &inv.firmware {
         if let Some(name) = f.file_name() {
-            p.add_mount(
-                f.clone(),
-                format!(
-                    "/lib/firmware/nvidia/{}/{}",
-                    inv.driver_version,
-                    name.to_string_lossy()
-                ),
-                false,
-                MountFlags::DATA,
+            let target = format!(
+                "/lib/firmware/nvidia/{}/{}",
+                inv.driver_version,
+                name.to_string_lossy()
             );
+            p.add_mount(f.clone(), target, false, MountFlags::DATA);
         }
     }
     p
+}
+
+/// CUDA forward compat goes first: the first linker-cache entry of a soname is the one ld.so
+/// uses, so the image's newer libcuda wins over the host's for the same soname.
+fn plan_compat(p: &mut Plan, req: &Request, inv: &Inventory, compat: Option<&compat::CudaCompat>) {
+    let Some(c) = compat.filter(|c| {
+        catalog::wants_uvm(&req.capabilities) && compat::use_compat(&c.version, &inv.driver_version)
+    }) else {
+        return;
+    };
+    for (soname, path) in &c.libs {
+        p.add_ldcache(soname.clone(), path.clone(), crate::ldcache::native_flags());
+    }
+    // so that an ldconfig run inside the container later keeps preferring them
+    p.files.push(crate::plan::RootfsFile {
+        path: "/etc/ld.so.conf.d/00-nvhook-cuda-compat.conf".into(),
+        content: format!("{}\n", c.dir),
+    });
+}
+
+/// Driver libraries (64-bit and, with compat32, 32-bit) into the image's library directories,
+/// with their soname links and linker-cache entries.
+fn plan_libraries(p: &mut Plan, req: &Request, inv: &Inventory, layout: &Layout) {
+    for (libs, dir) in [
+        (&inv.libraries, &layout.lib_dir),
+        (&inv.libraries32, &layout.lib32_dir),
+    ] {
+        let dir = dir.trim_end_matches('/');
+        for lib in libs {
+            let target = format!("{dir}/{}", lib.file_name);
+            p.add_mount(lib.host_path.clone(), target, false, MountFlags::CODE);
+            if lib.soname != lib.file_name {
+                p.add_symlink(format!("{dir}/{}", lib.soname), lib.file_name.clone());
+            }
+            p.add_ldcache(
+                lib.soname.clone(),
+                format!("{dir}/{}", lib.soname),
+                lib.cache_flags,
+            );
+        }
+        for (prefix, link, target) in catalog::EXTRA_LINKS {
+            if libs.iter().any(|l| l.file_name.starts_with(prefix)) {
+                let target = target.replace("{ver}", &inv.driver_version);
+                p.add_symlink(format!("{dir}/{link}"), target);
+            }
+        }
+    }
+    let allocator = inv
+        .libraries
+        .iter()
+        .any(|l| l.soname == "libnvidia-allocator.so.1");
+    if catalog::wants_graphics(&req.capabilities) && allocator {
+        // GBM loads its backend by name from <libdir>/gbm (the toolkit makes the same link).
+        let dir = layout.lib_dir.trim_end_matches('/');
+        p.add_symlink(
+            format!("{dir}/gbm/nvidia-drm_gbm.so"),
+            "../libnvidia-allocator.so.1".into(),
+        );
+    }
+}
+
+/// Configuration files, X server modules, IPC sockets and directories.
+fn plan_files(p: &mut Plan, inv: &Inventory) {
+    for f in &inv.files {
+        let xorg = f.target.starts_with("/usr/lib/xorg/");
+        let flags = if f.directory || f.target.starts_with("/run/") {
+            MountFlags::IPC
+        } else if xorg {
+            MountFlags::CODE
+        } else {
+            MountFlags::DATA
+        };
+        p.add_mount(f.host_path.clone(), f.target.clone(), f.directory, flags);
+        let versioned = f.target.strip_suffix(&format!(".{}", inv.driver_version));
+        if let (true, Some(base)) = (xorg, versioned) {
+            // libglxserver_nvidia.so -> libglxserver_nvidia.so.<ver>, as the toolkit links it
+            let file = f.target.rsplit('/').next().unwrap_or_default().to_owned();
+            p.add_symlink(base.to_owned(), file);
+        }
+    }
+}
+
+/// /proc/driver/nvidia: only the selected GPUs, and the driver's files (params with
+/// ModifyDeviceFiles: 0), as libnvidia-container shows them.
+fn plan_proc(p: &mut Plan, inv: &Inventory) {
+    let files = inv
+        .proc_files
+        .files
+        .iter()
+        .map(|(name, content)| TmpfsFile {
+            name: name.clone(),
+            content: content.clone(),
+        });
+    let binds = inv.selected.iter().filter_map(|g| {
+        let name = g.proc_dir.file_name()?.to_string_lossy().into_owned();
+        Some(TmpfsBind {
+            source: g.proc_dir.clone(),
+            path: format!("gpus/{name}"),
+        })
+    });
+    p.tmpfs.push(TmpfsDir {
+        target: "/proc/driver/nvidia".into(),
+        files: files.collect(),
+        binds: binds.collect(),
+        only_on_procfs: true,
+    });
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 pub const DRIVER_CAPABILITIES: &str = "NVIDIA_DRIVER_CAPABILITIES";
 pub const REQUIRE_CUDA: &str = "NVIDIA_REQUIRE_CUDA";
 pub const CUDA_VERSION: &str = "CUDA_VERSION";
+pub const IMEX_CHANNELS: &str = "NVIDIA_IMEX_CHANNELS";
 
 /// Which GPUs the container asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -115,6 +116,8 @@ pub struct Request {
     pub capabilities: Capabilities,
     /// A "legacy" CUDA image: `CUDA_VERSION` set and `NVIDIA_REQUIRE_CUDA` empty or unset.
     pub legacy: bool,
+    /// `NVIDIA_IMEX_CHANNELS`: IMEX channel numbers.
+    pub imex_channels: Vec<u32>,
 }
 
 /// The environment as the toolkit sees it: `KEY=VALUE` split at the first `=`; a later entry
@@ -149,10 +152,12 @@ impl Request {
         };
         let capabilities =
             parse_capabilities(map.get(DRIVER_CAPABILITIES).copied(), legacy, supported)?;
+        let imex_channels = parse_imex_channels(map.get(IMEX_CHANNELS).copied())?;
         Ok(Some(Request {
             devices,
             capabilities,
             legacy,
+            imex_channels,
         }))
     }
 }
@@ -178,6 +183,33 @@ pub fn parse_devices(v: &str) -> Option<Devices> {
         }
     }
     Some(Devices::List(seen))
+}
+
+/// `NVIDIA_IMEX_CHANNELS`: the device-list syntax; `all`, `none`, `void` and empty request no
+/// channel (the toolkit treats a bare `all` as no request); otherwise decimal channel numbers
+/// below 2^20, each an error if not (libnvidia-container: "unsupported IMEX channel value").
+pub fn parse_imex_channels(value: Option<&str>) -> Result<Vec<u32>, Error> {
+    let list = match value.and_then(parse_devices) {
+        Some(Devices::List(l)) => l,
+        _ => return Ok(Vec::new()),
+    };
+    let mut out = Vec::new();
+    for t in list {
+        let n = t
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n < (1 << 20) && t.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| Error::BadRequest {
+                var: IMEX_CHANNELS.into(),
+                reason: format!(
+                    "unsupported IMEX channel value {t:?}: channels are numbers below 1048576"
+                ),
+            })?;
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
 }
 
 /// `NVIDIA_DRIVER_CAPABILITIES` -> capabilities, as the toolkit's legacy hook computes them:
@@ -427,6 +459,27 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// NVIDIA_IMEX_CHANNELS (cuda_image.go imexChannelsFromEnvVar, LNC parse_imex_info).
+    #[test]
+    fn imex_channels_table() {
+        type Row<'a> = (Option<&'a str>, Result<Vec<u32>, ()>);
+        let rows: &[Row] = &[
+            (None, Ok(vec![])),
+            (Some(""), Ok(vec![])),
+            (Some("all"), Ok(vec![])),
+            (Some("none"), Ok(vec![])),
+            (Some("0"), Ok(vec![0])),
+            (Some("3, 1,3"), Ok(vec![3, 1])),
+            (Some("1048575"), Ok(vec![1048575])),
+            (Some("1048576"), Err(())),
+            (Some("x"), Err(())),
+            (Some("+1"), Err(())),
+        ];
+        for (v, want) in rows {
+            assert_eq!(parse_imex_channels(*v).map_err(|_| ()), *want, "{v:?}");
+        }
     }
 
     #[test]
