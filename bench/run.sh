@@ -28,7 +28,7 @@ if [ -n "$KIT" ]; then
 fi
 FX=${FIXTURES:-/tmp/nvhook-bench-fixtures}
 bash "$ROOT/tests/fixtures/mkfixtures.sh" "$FX" >/dev/null
-printf 'driver-root = "%s/driver"\ndev-root = "%s"\nproc-root = "%s/proc"\n' "$FX" "$FX" "$FX" > "$FX/config.toml"
+printf 'driver-root = "%s/driver"\ndev-root = "%s"\nproc-root = "%s/proc"\nsys-root = "%s/sys"\n' "$FX" "$FX" "$FX" "$FX" > "$FX/config.toml"
 (cd "$ROOT" && cargo build --release --locked -q)
 exec python3 "$HERE/bench.py" --nvhook "$ROOT/target/release/nvhook" --rootfs-tar "$FX/rootfs-debian.tar" \
     --config "$FX/config.toml" --fake "${ARGS[@]}"

@@ -93,7 +93,7 @@ pub fn fixtures() -> &'static Fixtures {
         std::fs::write(
             &config,
             format!(
-                "driver-root = \"{0}/driver\"\ndev-root = \"{0}\"\nproc-root = \"{0}/proc\"\n",
+                "driver-root = \"{0}/driver\"\ndev-root = \"{0}\"\nproc-root = \"{0}/proc\"\nsys-root = \"{0}/sys\"\n",
                 dir.display()
             ),
         )
