@@ -33,6 +33,18 @@ pub struct Config {
     /// Don't touch the container's device cgroup (rootless runtimes; setups that grant devices
     /// themselves).
     pub no_cgroups: bool,
+    /// The capabilities containers may ask for ("all", or a comma list); others are an error.
+    pub supported_driver_capabilities: String,
+    /// Ignore every `NVIDIA_REQUIRE_*` constraint (as `NVIDIA_DISABLE_REQUIRE=true` would).
+    pub disable_require: bool,
+    /// Honour `NVIDIA_VISIBLE_DEVICES` in containers without CAP_SYS_ADMIN. Turn off to let only
+    /// privileged containers, or volume-mount requests, select GPUs.
+    pub accept_nvidia_visible_devices_envvar_when_unprivileged: bool,
+    /// Accept device requests as volume mounts of /dev/null under
+    /// /var/run/nvidia-container-devices/<id> (they take precedence over the variable).
+    pub accept_nvidia_visible_devices_as_volume_mounts: bool,
+    /// Append nvhook's log (at NVHOOK_LOG's level, default warn) to this file.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -44,6 +56,11 @@ impl Default for Config {
             sys_root: PathBuf::from("/sys"),
             binary_dirs: Vec::new(),
             no_cgroups: false,
+            supported_driver_capabilities: "all".into(),
+            disable_require: false,
+            accept_nvidia_visible_devices_envvar_when_unprivileged: true,
+            accept_nvidia_visible_devices_as_volume_mounts: false,
+            log_file: None,
         }
     }
 }
@@ -70,7 +87,34 @@ impl Config {
 
     /// Parse config text; the error is toml's message (with line and column).
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+        c.supported()?;
+        Ok(c)
+    }
+
+    /// `supported-driver-capabilities` as a set; a word that is not a capability is an error
+    /// (the toolkit: "Invalid value for config option").
+    pub fn supported(&self) -> Result<crate::nvidia::request::Capabilities, String> {
+        use crate::nvidia::request::{Capabilities, Capability};
+        let mut caps = Capabilities::default();
+        for w in self
+            .supported_driver_capabilities
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+        {
+            if w == "all" {
+                return Ok(Capabilities::all());
+            }
+            let c = Capability::from_name(w).ok_or_else(|| {
+                format!(
+                    "supported-driver-capabilities: {w:?} is not a capability (supported: {})",
+                    Capabilities::all()
+                )
+            })?;
+            caps.0.insert(c);
+        }
+        Ok(caps)
     }
 }
 
@@ -106,6 +150,30 @@ mod tests {
         assert!(e.contains("driver_root"), "{e}");
         let e = Config::parse("no-cgroups = \"yes\"\n").unwrap_err();
         assert!(e.contains("no-cgroups") || e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn toolkit_options() {
+        let c = Config::parse(
+            "supported-driver-capabilities = \"compute, utility\"\ndisable-require = true\n\
+             accept-nvidia-visible-devices-envvar-when-unprivileged = false\n\
+             accept-nvidia-visible-devices-as-volume-mounts = true\nlog-file = \"/var/log/nvhook.log\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.supported().unwrap().to_string(), "compute,utility");
+        assert!(c.disable_require && !c.accept_nvidia_visible_devices_envvar_when_unprivileged);
+        assert!(c.accept_nvidia_visible_devices_as_volume_mounts);
+        let d = Config::default();
+        assert!(
+            d.accept_nvidia_visible_devices_envvar_when_unprivileged
+                && !d.accept_nvidia_visible_devices_as_volume_mounts
+        );
+        assert_eq!(
+            d.supported().unwrap().to_string(),
+            "compat32,compute,display,graphics,ngx,utility,video"
+        );
+        let e = Config::parse("supported-driver-capabilities = \"compute,gpu\"\n").unwrap_err();
+        assert!(e.contains("\"gpu\""), "{e}");
     }
 
     #[test]

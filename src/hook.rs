@@ -22,9 +22,27 @@ pub enum Outcome {
     Applied { devices: usize, mounts: usize },
 }
 
-/// The container's request, with the host's supported capabilities applied.
-fn request_for(env: &[String]) -> Result<Option<Request>> {
-    Request::from_env(env, &Capabilities::all())
+/// Could this container ask for a GPU? Decided from `process.env` and mount destinations alone,
+/// without the host's config: false means certainly not, and nvhook does nothing.
+fn might_request(bundle: &BundleConfig) -> Result<bool> {
+    let (env, device_mounts) = bundle.env()?;
+    // An unparsable request is reported by the full path below, which knows the config.
+    Ok(device_mounts || !matches!(Request::from_env(&env, &Capabilities::all()), Ok(None)))
+}
+
+/// The container's request under the host's config.
+fn request_for(container: &state::Container, config: &Config) -> Result<Option<Request>> {
+    let supported = config.supported().map_err(|reason| Error::ConfigParse {
+        path: "config".into(),
+        reason,
+    })?;
+    let src = nvidia::request::Sources {
+        privileged: container.privileged,
+        mounts: &container.mounts,
+        accept_env_unprivileged: config.accept_nvidia_visible_devices_envvar_when_unprivileged,
+        accept_volume_mounts: config.accept_nvidia_visible_devices_as_volume_mounts,
+    };
+    Request::from_container(&container.env, &supported, &src)
 }
 
 /// `nvhook prestart`: read the state from `input`, and give the container what it asked for.
@@ -36,14 +54,22 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     // The fast path of every non-GPU container: decided from `process.env` alone, before the full
     // spec is parsed and before any file of the host is read (a broken config must not stop
     // containers that don't use GPUs).
-    let Some(req) = request_for(&bundle.env()?)? else {
+    if !might_request(&bundle)? {
         t.mark("parse");
         log::debug!("container {}: no GPU requested; {}", st.id(), t.summary());
         return Ok(Outcome::NotRequested);
-    };
+    }
     let container = bundle.container(Some(&st))?;
     t.mark("parse");
     let config = Config::load(config_path)?;
+    crate::logging::to_file(config.log_file.as_deref());
+    let Some(req) = request_for(&container, &config)? else {
+        log::debug!(
+            "container {}: no GPU requested under this host's config",
+            st.id()
+        );
+        return Ok(Outcome::NotRequested);
+    };
     t.mark("config");
     let inv = Inventory::discover(&config, &req, &mut t)?;
 
@@ -100,14 +126,18 @@ pub fn plan<R: Read>(source: PlanSource<R>, config_path: Option<&Path>) -> Resul
         }
         PlanSource::Bundle(b) => (BundleConfig::read(&b)?, None),
     };
-    let Some(req) = request_for(&bundle.env()?)? else {
-        return Ok(Plan {
-            summary: serde_json::json!({"class": "nvidia", "requested": false}),
-            ..Plan::default()
-        });
+    let not_requested = || Plan {
+        summary: serde_json::json!({"class": "nvidia", "requested": false}),
+        ..Plan::default()
     };
+    if !might_request(&bundle)? {
+        return Ok(not_requested());
+    }
     let container = bundle.container(st.as_ref())?;
     let config = Config::load(config_path)?;
+    let Some(req) = request_for(&container, &config)? else {
+        return Ok(not_requested());
+    };
     let inv = Inventory::discover(&config, &req, &mut Timer::new())?;
     let (layout, compat) = match Rootfs::open(&container.rootfs) {
         Ok(r) => (Layout::detect(&r), compat_of(&req, &r)),

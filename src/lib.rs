@@ -14,6 +14,7 @@ pub mod error;
 pub mod hook;
 pub mod layout;
 pub mod ldcache;
+pub mod logging;
 pub mod nvidia;
 pub mod plan;
 pub mod rootfs;

@@ -31,36 +31,6 @@ environment (of the hook, set in its registration, never the container's):
   NVHOOK_LOG_FILE=FILE append the log to FILE instead of stderr
 ";
 
-fn init_logging() {
-    let mut b = env_logger::Builder::new();
-    b.filter_level(log::LevelFilter::Warn);
-    if let Ok(spec) = std::env::var("NVHOOK_LOG") {
-        b.parse_filters(&spec);
-    }
-    b.format(|f, r| {
-        writeln!(
-            f,
-            "nvhook: {}: {}",
-            r.level().as_str().to_lowercase(),
-            r.args()
-        )
-    });
-    // Runtimes swallow a successful hook's stderr; NVHOOK_LOG_FILE (set in the hook's
-    // registration, never by the container) appends the log to a file instead.
-    let file = std::env::var_os("NVHOOK_LOG_FILE").and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    });
-    match file {
-        Some(f) => b.target(env_logger::Target::Pipe(Box::new(f))),
-        None => b.target(env_logger::Target::Stderr),
-    };
-    let _ = b.try_init();
-}
-
 fn run(args: Vec<String>) -> Result<(), Error> {
     let mut config: Option<PathBuf> = None;
     let mut bundle: Option<PathBuf> = None;
@@ -190,13 +160,13 @@ fn report_to_runtime(msg: &str) {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    nvhook::logging::init();
     match run(std::env::args().collect()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("nvhook: error: {e}\n");
             eprint!("{msg}");
-            if std::env::var_os("NVHOOK_LOG_FILE").is_some() {
+            if nvhook::logging::to_a_file() {
                 log::error!("{e}");
             }
             report_to_runtime(&msg);

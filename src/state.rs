@@ -26,6 +26,10 @@ pub struct Container {
     pub cgroups_path: Option<String>,
     /// Whether the spec asks for a user namespace (rootless and userns containers).
     pub user_namespace: bool,
+    /// `CAP_SYS_ADMIN` in the bounding set: what the toolkit calls a privileged container.
+    pub privileged: bool,
+    /// (source, destination) of every mount of the spec.
+    pub mounts: Vec<(String, String)>,
 }
 
 /// Parse the state JSON from a reader (the hook's stdin).
@@ -64,6 +68,11 @@ fn parse_spec(path: &Path, text: &[u8]) -> Result<Spec, Error> {
 #[derive(serde::Deserialize)]
 struct EnvOnly {
     process: Option<EnvOnlyProcess>,
+    mounts: Option<Vec<EnvOnlyMount>>,
+}
+#[derive(serde::Deserialize)]
+struct EnvOnlyMount {
+    destination: Option<String>,
 }
 #[derive(serde::Deserialize)]
 struct EnvOnlyProcess {
@@ -97,13 +106,23 @@ impl BundleConfig {
         })
     }
 
-    /// `process.env` alone.
-    pub fn env(&self) -> Result<Vec<String>, Error> {
+    /// `process.env` alone, and whether any mount targets the device-list directory
+    /// (`/var/run/nvidia-container-devices`, the toolkit's volume-mount way to ask for GPUs).
+    pub fn env(&self) -> Result<(Vec<String>, bool), Error> {
         let e: EnvOnly = serde_json::from_slice(&self.text).map_err(|e| Error::SpecParse {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        Ok(e.process.and_then(|p| p.env).unwrap_or_default())
+        let device_mounts = e.mounts.unwrap_or_default().iter().any(|m| {
+            m.destination.as_deref().is_some_and(|d| {
+                d.trim_start_matches('/')
+                    .starts_with("var/run/nvidia-container-devices")
+            })
+        });
+        Ok((
+            e.process.and_then(|p| p.env).unwrap_or_default(),
+            device_mounts,
+        ))
     }
 
     /// The whole spec, through oci-spec.
@@ -146,6 +165,30 @@ impl Container {
                 ns.iter()
                     .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
             });
+        let privileged = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.bounding().as_ref())
+            .is_some_and(|b| b.contains(&oci_spec::runtime::Capability::SysAdmin));
+        let mounts = spec
+            .mounts()
+            .as_ref()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        let src = m
+                            .source()
+                            .as_ref()
+                            .map(|s| s.to_string_lossy().into_owned());
+                        (
+                            src.unwrap_or_default(),
+                            m.destination().to_string_lossy().into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Container {
             id: String::new(),
             pid: None,
@@ -157,6 +200,8 @@ impl Container {
                 .and_then(|l| l.cgroups_path().as_ref())
                 .map(|p| p.to_string_lossy().into_owned()),
             user_namespace,
+            privileged,
+            mounts,
         })
     }
 }

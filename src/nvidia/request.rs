@@ -120,6 +120,63 @@ pub struct Request {
     pub imex_channels: Vec<u32>,
 }
 
+/// Where a container's GPU request may come from, as the host's config allows (the toolkit's
+/// `VisibleDevices()` precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Sources<'a> {
+    /// CAP_SYS_ADMIN in the bounding set.
+    pub privileged: bool,
+    /// The spec's mounts, (source, destination).
+    pub mounts: &'a [(String, String)],
+    /// `accept-nvidia-visible-devices-envvar-when-unprivileged`
+    pub accept_env_unprivileged: bool,
+    /// `accept-nvidia-visible-devices-as-volume-mounts`
+    pub accept_volume_mounts: bool,
+}
+
+/// The toolkit's volume-mount way to ask for devices: `/dev/null` mounted at
+/// `/var/run/nvidia-container-devices/<id>` (`imex/<channel>` for IMEX channels).
+pub const DEVICE_LIST_DIR: &str = "/var/run/nvidia-container-devices";
+
+/// Device ids and IMEX channels named by volume mounts.
+pub fn volume_mount_requests(mounts: &[(String, String)]) -> (Vec<String>, Vec<String>) {
+    let clean = |p: &str| {
+        let parts: Vec<&str> = p
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        format!("/{}", parts.join("/"))
+    };
+    let (mut devices, mut imex) = (Vec::new(), Vec::new());
+    for (src, dst) in mounts {
+        if clean(src) != "/dev/null" {
+            continue;
+        }
+        let dst = clean(dst);
+        let Some(rest) = dst
+            .strip_prefix(DEVICE_LIST_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            continue;
+        };
+        if rest.is_empty() || rest.split('/').any(|c| c == "..") {
+            continue;
+        }
+        if let Some(ch) = rest.strip_prefix("imex/") {
+            if !imex.iter().any(|i| i == ch) {
+                imex.push(ch.to_owned());
+            }
+        } else if rest.starts_with("cdi/") {
+            log::warn!(
+                "ignoring CDI device request {rest:?} by volume mount: use a CDI-aware runtime"
+            );
+        } else if !devices.iter().any(|d| d == rest) {
+            devices.push(rest.to_owned());
+        }
+    }
+    (devices, imex)
+}
+
 /// The environment as the toolkit sees it: `KEY=VALUE` split at the first `=`; a later entry
 /// of the same key wins (it builds a map in order). Entries without `=` carry no value and are
 /// skipped (the toolkit rejects the whole container for one; nvhook only ignores it, so that a
@@ -134,6 +191,42 @@ fn tokens(v: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Request {
+    /// The request of a container, from its environment and, where the host's config allows,
+    /// its volume mounts; applies the privileged rule for the variable.
+    pub fn from_container(
+        env: &[String],
+        supported: &Capabilities,
+        src: &Sources<'_>,
+    ) -> Result<Option<Request>, Error> {
+        if src.accept_volume_mounts {
+            let (devices, imex) = volume_mount_requests(src.mounts);
+            if !devices.is_empty() {
+                let mut env: Vec<String> = env
+                    .iter()
+                    .filter(|e| {
+                        !e.starts_with("NVIDIA_VISIBLE_DEVICES=")
+                            && !e.starts_with("NVIDIA_IMEX_CHANNELS=")
+                    })
+                    .cloned()
+                    .collect();
+                env.push(format!("{VISIBLE_DEVICES}={}", devices.join(",")));
+                if !imex.is_empty() {
+                    env.push(format!("{IMEX_CHANNELS}={}", imex.join(",")));
+                }
+                return Request::from_env(&env, supported);
+            }
+        }
+        if !src.privileged && !src.accept_env_unprivileged {
+            if env_map(env).contains_key(VISIBLE_DEVICES) {
+                log::warn!(
+                    "ignoring {VISIBLE_DEVICES} in an unprivileged container (accept-nvidia-visible-devices-envvar-when-unprivileged = false)"
+                );
+            }
+            return Ok(None);
+        }
+        Request::from_env(env, supported)
+    }
+
     /// Parse the container's environment. `Ok(None)` means "not a GPU container": nvhook does
     /// nothing at all. `supported` is the host's allowed capability set (config).
     pub fn from_env(env: &[String], supported: &Capabilities) -> Result<Option<Request>, Error> {
@@ -480,6 +573,55 @@ mod tests {
         for (v, want) in rows {
             assert_eq!(parse_imex_channels(*v).map_err(|_| ()), *want, "{v:?}");
         }
+    }
+
+    /// Device sources (cuda_image.go VisibleDevices, requestsFromMounts; hook config defaults).
+    #[test]
+    fn sources_table() {
+        let m = |s: &str, d: &str| (s.to_string(), d.to_string());
+        let mounts = vec![
+            m("/dev/null", "/var/run/nvidia-container-devices/1"),
+            m("/dev/null", "/var/run/nvidia-container-devices/imex/3"),
+            m("/dev/zero", "/var/run/nvidia-container-devices/0"),
+            m(
+                "/dev/null",
+                "/var/run/nvidia-container-devices/cdi/nvidia.com/gpu=0",
+            ),
+            m("/dev/null", "/var/run/nvidia-container-devices/../etc"),
+        ];
+        let all = Capabilities::all();
+        let env = env(&["NVIDIA_VISIBLE_DEVICES=0"]);
+        let src = |privileged, accept_env, accept_mounts| Sources {
+            privileged,
+            mounts: &mounts,
+            accept_env_unprivileged: accept_env,
+            accept_volume_mounts: accept_mounts,
+        };
+        let devs = |s: Sources| {
+            Request::from_container(&env, &all, &s)
+                .unwrap()
+                .map(|r| (r.devices, r.imex_channels))
+        };
+        // defaults: the variable counts for everyone, volume mounts are ignored
+        assert_eq!(devs(src(false, true, false)), Some((list(&["0"]), vec![])));
+        // unprivileged and env not accepted: nothing
+        assert_eq!(devs(src(false, false, false)), None);
+        // privileged: the variable counts regardless
+        assert_eq!(devs(src(true, false, false)), Some((list(&["0"]), vec![])));
+        // volume mounts accepted and present: they win; only /dev/null sources; imex/ gives channels
+        assert_eq!(devs(src(false, false, true)), Some((list(&["1"]), vec![3])));
+        // volume mounts accepted but none: back to the variable rules
+        let none: Vec<(String, String)> = vec![];
+        let s = Sources {
+            mounts: &none,
+            ..src(false, true, true)
+        };
+        assert_eq!(
+            Request::from_container(&env, &all, &s)
+                .unwrap()
+                .map(|r| r.devices),
+            Some(list(&["0"]))
+        );
     }
 
     #[test]
