@@ -79,6 +79,10 @@ pub enum Error {
     },
     #[error("driver file {path}: {reason}")]
     DriverFile { path: PathBuf, reason: String },
+    #[error(
+        "NVML: cannot {what}: {reason} (NVML is needed for MIG devices and some NVIDIA_REQUIRE_* checks)"
+    )]
+    Nvml { what: String, reason: String },
 
     // --- applying the plan -------------------------------------------------------------------
     #[error("cannot enter the container's mount namespace {path}: {source}")]

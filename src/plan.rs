@@ -137,12 +137,15 @@ pub struct TmpfsFile {
     pub content: String,
 }
 
-/// A host directory bind-mounted (read-only) into a [`TmpfsDir`].
+/// A host directory or file bind-mounted (read-only) into a [`TmpfsDir`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TmpfsBind {
     pub source: PathBuf,
     /// Relative path inside the tmpfs (`gpus/0000:3b:00.0`).
     pub path: String,
+    /// A file (a MIG capability's `access`) rather than a directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file: bool,
 }
 
 /// Replace a container directory by a read-only tmpfs holding exactly `files` and `binds`: used

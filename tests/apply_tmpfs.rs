@@ -46,6 +46,7 @@ fn plan(target: &str, src: PathBuf, only_on_procfs: bool) -> Plan {
             binds: vec![TmpfsBind {
                 source: src,
                 path: "gpus/0000:3b:00.0".into(),
+                file: false,
             }],
             only_on_procfs,
         }],

@@ -154,25 +154,45 @@ fn tmpfs_dir(t: &crate::plan::TmpfsDir, target: &std::os::fd::OwnedFd) -> std::i
         std::fs::File::from(fd).write_all(f.content.as_bytes())?;
     }
     for b in &t.binds {
-        // create every directory of the relative path inside the (fresh, private) tmpfs
-        let mut dir = String::new();
-        for comp in b.path.split('/').filter(|c| !c.is_empty()) {
-            if comp == ".." || comp == "." {
-                return Err(std::io::Error::from_raw_os_error(nix::libc::EINVAL));
-            }
-            if !dir.is_empty() {
-                dir.push('/');
-            }
-            dir.push_str(comp);
-            match mkdirat(mnt.as_fd(), dir.as_str(), Mode::from_bits_truncate(0o555)) {
+        // create the path inside the (fresh, private) tmpfs: directories, and for a file bind
+        // an empty file to mount on
+        let comps: Vec<&str> = b.path.split('/').filter(|c| !c.is_empty()).collect();
+        if comps.is_empty() || comps.iter().any(|c| *c == ".." || *c == ".") {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::EINVAL));
+        }
+        let dirs = if b.file { comps.len() - 1 } else { comps.len() };
+        for i in 1..=dirs {
+            match mkdirat(
+                mnt.as_fd(),
+                comps[..i].join("/").as_str(),
+                Mode::from_bits_truncate(0o555),
+            ) {
                 Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+        let path = comps.join("/");
+        if b.file {
+            openat(
+                mnt.as_fd(),
+                path.as_str(),
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o444),
+            )?;
+        }
+        let kind = if b.file {
+            OFlag::empty()
+        } else {
+            OFlag::O_DIRECTORY
+        };
         let point = openat(
             mnt.as_fd(),
-            dir.as_str(),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            path.as_str(),
+            OFlag::O_PATH | kind | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
         let src = b

@@ -6,7 +6,9 @@ pub mod compat;
 pub mod extras;
 pub mod gpus;
 pub mod libraries;
+pub mod mig;
 pub mod request;
+pub mod select;
 
 use std::path::PathBuf;
 
@@ -20,7 +22,7 @@ use crate::plan::{MountFlags, Plan, TmpfsBind, TmpfsDir, TmpfsFile};
 use crate::timing::Timer;
 use gpus::Gpu;
 use libraries::{Binary, DriverRoot, Library};
-use request::{Capabilities, Devices, Request, VISIBLE_DEVICES};
+use request::{Capabilities, Request};
 
 const NODE_HINT: &str = "the driver creates it on first use: run `nvidia-smi` (or `nvidia-modprobe -u -c=0`) on the host, or check dev-root in the config";
 
@@ -31,6 +33,13 @@ pub struct Inventory {
     pub gpus: Vec<Gpu>,
     /// The GPUs the request selects, in request order.
     pub selected: Vec<Gpu>,
+    /// The MIG devices it selects, and their (and MIG config/monitor's) capabilities.
+    pub migs: Vec<mig::MigDevice>,
+    pub mig_caps: Vec<mig::Cap>,
+    /// `<proc-root>/driver/nvidia/capabilities`, shown whole to MIG config/monitor containers.
+    pub caps_dir: Option<PathBuf>,
+    /// The driver's libnvidia-ml (for NVML, loaded only when needed).
+    pub nvml_lib: Option<PathBuf>,
     pub control_nodes: Vec<HostNode>,
     pub gpu_nodes: Vec<HostNode>,
     pub libraries: Vec<Library>,
@@ -49,85 +58,6 @@ pub struct Inventory {
     pub proc_files: gpus::DriverFiles,
 }
 
-/// Match one `NVIDIA_VISIBLE_DEVICES` token against the host's GPUs, as nvidia-container-cli
-/// does: full UUID (case-insensitive), PCI bus id `domain:bus:device[.fn]`, or NVML index.
-fn match_token<'g>(tok: &str, gpus: &'g [Gpu]) -> Option<&'g Gpu> {
-    if tok.len() > 4 && tok[..4].eq_ignore_ascii_case("GPU-") {
-        return gpus.iter().find(|g| g.uuid.eq_ignore_ascii_case(tok));
-    }
-    if let Some(bus) = parse_bus_id(tok) {
-        return gpus.iter().find(|g| parse_bus_id(&g.bus_id) == Some(bus));
-    }
-    let digits = tok.strip_prefix('+').unwrap_or(tok);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        let i: u64 = digits.parse().ok()?;
-        return gpus.iter().find(|g| u64::from(g.index) == i);
-    }
-    None
-}
-
-/// `domain:bus:device[.function]` in hex -> (domain, bus, device).
-fn parse_bus_id(s: &str) -> Option<(u64, u64, u64)> {
-    let mut it = s.split(':');
-    let (d, b, rest) = (it.next()?, it.next()?, it.next()?);
-    if it.next().is_some() {
-        return None;
-    }
-    let dev = rest.split_once('.').map_or(rest, |(dev, _)| dev);
-    let hex = |x: &str| {
-        (!x.is_empty() && x.len() <= 8)
-            .then(|| u64::from_str_radix(x, 16).ok())
-            .flatten()
-    };
-    Some((hex(d)?, hex(b)?, hex(dev)?))
-}
-
-fn describe_gpus(gpus: &[Gpu]) -> String {
-    if gpus.is_empty() {
-        return "no GPUs".into();
-    }
-    let list: Vec<String> = gpus
-        .iter()
-        .map(|g| format!("{} ({}, {}, {})", g.index, g.uuid, g.bus_id, g.model))
-        .collect();
-    format!("{} GPU(s): {}", gpus.len(), list.join("; "))
-}
-
-/// The GPUs a request selects, deduplicated, in first-mention order.
-pub fn select(devices: &Devices, gpus: &[Gpu]) -> Result<Vec<Gpu>, Error> {
-    let toks = match devices {
-        Devices::None => return Ok(Vec::new()),
-        Devices::All => return Ok(gpus.to_vec()),
-        Devices::List(t) => t,
-    };
-    let mut out: Vec<Gpu> = Vec::new();
-    for t in toks {
-        // nvidia-container-cli matches `all` case-insensitively and stops there.
-        if t.eq_ignore_ascii_case("all") {
-            return Ok(gpus.to_vec());
-        }
-        if t.len() > 4 && t[..4].eq_ignore_ascii_case("MIG-")
-            || (t.contains(':') && parse_bus_id(t).is_none())
-        {
-            return Err(Error::BadRequest {
-                var: VISIBLE_DEVICES.into(),
-                reason: format!(
-                    "{t:?} names a MIG device; MIG is not supported by this version of nvhook"
-                ),
-            });
-        }
-        let g = match_token(t, gpus).ok_or_else(|| Error::UnknownDevice {
-            var: VISIBLE_DEVICES.into(),
-            id: t.clone(),
-            available: describe_gpus(gpus),
-        })?;
-        if !out.iter().any(|o| o.uuid == g.uuid) {
-            out.push(g.clone());
-        }
-    }
-    Ok(out)
-}
-
 /// Libraries that must be there when their capability is asked for; a driver install without
 /// them is broken, and a container without them would fail in a confusing way later.
 const REQUIRED_LIBS: &[(&str, request::Capability)] = &[
@@ -140,10 +70,51 @@ impl Inventory {
     pub fn discover(config: &Config, req: &Request, t: &mut Timer) -> Result<Inventory, Error> {
         let driver_version = gpus::driver_version(&config.proc_root)?;
         let all_gpus = gpus::discover(&config.proc_root)?;
-        let selected = select(&req.devices, &all_gpus)?;
         let proc_files = gpus::driver_files(&config.proc_root);
-        t.mark("inv_gpus");
         let caps = &req.capabilities;
+        let names = catalog::library_names(caps);
+        let mut prefixes = names.clone();
+        prefixes.push("libnvidia-ml.so");
+        if catalog::wants_graphics(caps) {
+            prefixes.extend_from_slice(catalog::GRAPHICS_UNVERSIONED_LIBS);
+        }
+        let mut root = DriverRoot::open(&config.driver_root, &driver_version, &prefixes)?;
+        let flags = crate::ldcache::native_flags();
+        let nvml_lib = root
+            .find_library("libnvidia-ml.so", flags)
+            .map(|l| l.host_path);
+        t.mark("inv_ldcache");
+        let mut nvml = mig::Nvml::new(nvml_lib.clone());
+        let selection = select::select(&req.devices, &all_gpus, &config.proc_root, &mut nvml)?;
+        let selected = selection.gpus;
+        let migs = selection.migs;
+        let mut mig_caps = Vec::new();
+        for m in &migs {
+            if let Some(g) = selected.iter().find(|g| g.index == m.parent) {
+                mig_caps.extend(mig::device_caps(&config.proc_root, &config.dev_root, g, m)?);
+            }
+        }
+        let caps_dir = (req.mig_config || req.mig_monitor)
+            .then(|| config.proc_root.join("driver/nvidia/capabilities"));
+        if caps_dir.is_some()
+            && matches!(req.devices, request::Devices::List(_))
+            && !migs.is_empty()
+        {
+            return Err(Error::BadRequest {
+                var: request::MIG_CONFIG.into(),
+                reason: "cannot enable MIG config/monitor with specific MIG devices selected"
+                    .into(),
+            });
+        }
+        for (on, rel) in [
+            (req.mig_config, "mig/config"),
+            (req.mig_monitor, "mig/monitor"),
+        ] {
+            if on {
+                mig_caps.push(mig::cap(&config.proc_root, &config.dev_root, rel)?);
+            }
+        }
+        t.mark("inv_gpus");
 
         let node = |name: &str, required: bool| -> Result<Option<HostNode>, Error> {
             match stat_node(&config.dev_root, name) {
@@ -182,14 +153,6 @@ impl Inventory {
         }
 
         t.mark("inv_nodes");
-        let names = catalog::library_names(caps);
-        let mut prefixes = names.clone();
-        if catalog::wants_graphics(caps) {
-            prefixes.extend_from_slice(catalog::GRAPHICS_UNVERSIONED_LIBS);
-        }
-        let mut root = DriverRoot::open(&config.driver_root, &driver_version, &prefixes)?;
-        t.mark("inv_ldcache");
-        let flags = crate::ldcache::native_flags();
         let mut libraries: Vec<Library> = Vec::new();
         for name in names.iter().copied() {
             match root.find_library(name, flags) {
@@ -279,6 +242,10 @@ impl Inventory {
             driver_version,
             gpus: all_gpus,
             selected,
+            migs,
+            mig_caps,
+            caps_dir,
+            nvml_lib,
             control_nodes,
             gpu_nodes,
             libraries,
@@ -324,7 +291,12 @@ pub fn plan(
         ..Plan::default()
     };
     let nodes = inv.control_nodes.iter().chain(&inv.gpu_nodes);
-    for n in nodes.chain(&inv.dri_nodes).chain(&inv.imex_nodes) {
+    let mig_nodes = inv.mig_caps.iter().map(|c| &c.node);
+    for n in nodes
+        .chain(mig_nodes)
+        .chain(&inv.dri_nodes)
+        .chain(&inv.imex_nodes)
+    {
         p.add_device(n.clone());
     }
     for (link, target) in &inv.dri_links {
@@ -447,83 +419,32 @@ fn plan_proc(p: &mut Plan, inv: &Inventory) {
         Some(TmpfsBind {
             source: g.proc_dir.clone(),
             path: format!("gpus/{name}"),
+            file: false,
         })
     });
+    // MIG: the capability files of the selected MIG devices, or the whole capabilities directory
+    // for MIG config/monitor
+    let caps: Vec<TmpfsBind> = match &inv.caps_dir {
+        Some(dir) => vec![TmpfsBind {
+            source: dir.clone(),
+            path: "capabilities".into(),
+            file: false,
+        }],
+        None => inv
+            .mig_caps
+            .iter()
+            .map(|c| TmpfsBind {
+                source: c.access.clone(),
+                path: c.proc_rel.clone(),
+                file: true,
+            })
+            .collect(),
+    };
+    let binds = binds.chain(caps);
     p.tmpfs.push(TmpfsDir {
         target: "/proc/driver/nvidia".into(),
         files: files.collect(),
         binds: binds.collect(),
         only_on_procfs: true,
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gpu(index: u32, uuid: &str, bus: &str, minor: u32) -> Gpu {
-        Gpu {
-            index,
-            uuid: uuid.into(),
-            minor,
-            bus_id: bus.into(),
-            model: "Fake".into(),
-            proc_dir: PathBuf::new(),
-        }
-    }
-
-    /// Device selection, each row citing nvidia-container-cli (src/cli/common.c select_devices).
-    #[test]
-    fn selection_table() {
-        let gpus = [
-            gpu(0, "GPU-aaaa-1111", "0000:3b:00.0", 1),
-            gpu(1, "GPU-bbbb-2222", "0000:86:00.0", 0),
-        ];
-        let l = |t: &[&str]| Devices::List(t.iter().map(|s| s.to_string()).collect());
-        let uuids = |v: Vec<Gpu>| v.into_iter().map(|g| g.uuid).collect::<Vec<_>>();
-        let rows: &[(Devices, &[&str], &str)] = &[
-            (
-                Devices::All,
-                &["GPU-aaaa-1111", "GPU-bbbb-2222"],
-                "all: every GPU in index order",
-            ),
-            (Devices::None, &[], "none: no GPU"),
-            (l(&["1"]), &["GPU-bbbb-2222"], "decimal NVML index"),
-            (
-                l(&["1", "0"]),
-                &["GPU-bbbb-2222", "GPU-aaaa-1111"],
-                "order of first mention",
-            ),
-            (
-                l(&["0", "GPU-AAAA-1111"]),
-                &["GPU-aaaa-1111"],
-                "duplicates by identity; UUID case-insensitive",
-            ),
-            (l(&["0000:86:00.0"]), &["GPU-bbbb-2222"], "PCI bus id"),
-            (l(&["86:00.0"]), &[], "bus id needs the domain"),
-            (
-                l(&["ALL"]),
-                &["GPU-aaaa-1111", "GPU-bbbb-2222"],
-                "the cli matches all case-insensitively",
-            ),
-            (l(&["+0"]), &["GPU-aaaa-1111"], "strtoumax accepts a sign"),
-        ];
-        for (dev, want, why) in rows {
-            match select(dev, &gpus) {
-                Ok(v) => assert_eq!(uuids(v), *want, "{why}"),
-                Err(e) => assert!(want.is_empty(), "{why}: {e}"),
-            }
-        }
-        for bad in ["2", "GPU-aaaa", "GPU-cccc-3333", "0000:99:00.0", "x"] {
-            let e = select(&l(&[bad]), &gpus).unwrap_err().to_string();
-            assert!(
-                e.contains(bad) && e.contains("GPU-aaaa-1111") && e.contains("GPU-bbbb-2222"),
-                "{e}"
-            );
-        }
-        let e = select(&l(&["0"]), &[]).unwrap_err().to_string();
-        assert!(e.contains("no GPUs"), "{e}");
-        let e = select(&l(&["MIG-1234"]), &gpus).unwrap_err().to_string();
-        assert!(e.contains("MIG"), "{e}");
-    }
 }

@@ -16,6 +16,8 @@ pub const DRIVER_CAPABILITIES: &str = "NVIDIA_DRIVER_CAPABILITIES";
 pub const REQUIRE_CUDA: &str = "NVIDIA_REQUIRE_CUDA";
 pub const CUDA_VERSION: &str = "CUDA_VERSION";
 pub const IMEX_CHANNELS: &str = "NVIDIA_IMEX_CHANNELS";
+pub const MIG_CONFIG: &str = "NVIDIA_MIG_CONFIG_DEVICES";
+pub const MIG_MONITOR: &str = "NVIDIA_MIG_MONITOR_DEVICES";
 
 /// Which GPUs the container asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -118,6 +120,10 @@ pub struct Request {
     pub legacy: bool,
     /// `NVIDIA_IMEX_CHANNELS`: IMEX channel numbers.
     pub imex_channels: Vec<u32>,
+    /// `NVIDIA_MIG_CONFIG_DEVICES=all`: may reconfigure MIG (privileged containers only).
+    pub mig_config: bool,
+    /// `NVIDIA_MIG_MONITOR_DEVICES=all`: may monitor MIG devices (privileged containers only).
+    pub mig_monitor: bool,
 }
 
 /// Where a container's GPU request may come from, as the host's config allows (the toolkit's
@@ -216,6 +222,17 @@ impl Request {
                 return Request::from_env(&env, supported);
             }
         }
+        // The toolkit refuses MIG configuration/monitoring for unprivileged containers outright.
+        let map = env_map(env);
+        for var in [MIG_CONFIG, MIG_MONITOR] {
+            if !src.privileged && map.get(var).is_some_and(|v| !v.is_empty()) {
+                return Err(Error::BadRequest {
+                    var: var.into(),
+                    reason: "cannot be set in a non-privileged container (it needs CAP_SYS_ADMIN)"
+                        .into(),
+                });
+            }
+        }
         if !src.privileged && !src.accept_env_unprivileged {
             if env_map(env).contains_key(VISIBLE_DEVICES) {
                 log::warn!(
@@ -246,11 +263,15 @@ impl Request {
         let capabilities =
             parse_capabilities(map.get(DRIVER_CAPABILITIES).copied(), legacy, supported)?;
         let imex_channels = parse_imex_channels(map.get(IMEX_CHANNELS).copied())?;
+        let mig_config = parse_mig_all(MIG_CONFIG, map.get(MIG_CONFIG).copied())?;
+        let mig_monitor = parse_mig_all(MIG_MONITOR, map.get(MIG_MONITOR).copied())?;
         Ok(Some(Request {
             devices,
             capabilities,
             legacy,
             imex_channels,
+            mig_config,
+            mig_monitor,
         }))
     }
 }
@@ -276,6 +297,20 @@ pub fn parse_devices(v: &str) -> Option<Devices> {
         }
     }
     Some(Devices::List(seen))
+}
+
+/// `NVIDIA_MIG_CONFIG_DEVICES` / `NVIDIA_MIG_MONITOR_DEVICES`: unset or empty is off; `all`
+/// (case-insensitive) is on; anything else is an error, as in nvidia-container-cli ("only 'all'
+/// devices are currently supported").
+pub fn parse_mig_all(var: &str, value: Option<&str>) -> Result<bool, Error> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("all") => Ok(true),
+        Some(v) => Err(Error::BadRequest {
+            var: var.into(),
+            reason: format!("{v:?}: only 'all' devices are currently supported"),
+        }),
+    }
 }
 
 /// `NVIDIA_IMEX_CHANNELS`: the device-list syntax; `all`, `none`, `void` and empty request no

@@ -193,6 +193,10 @@ pub struct Spec<'a> {
     pub script: String,
     pub readonly: bool,
     pub stage: Stage,
+    /// Extra environment for the hook process itself.
+    pub hook_env: Vec<String>,
+    /// Give the container CAP_SYS_ADMIN (the toolkit's "privileged").
+    pub privileged: bool,
 }
 
 impl<'a> Spec<'a> {
@@ -203,6 +207,8 @@ impl<'a> Spec<'a> {
             script: script.to_owned(),
             readonly: false,
             stage: Stage::Prestart,
+            hook_env: Vec::new(),
+            privileged: false,
         }
     }
 }
@@ -246,10 +252,19 @@ pub fn bundle(spec: &Spec<'_>) -> Bundle {
     env.extend(spec.env.iter().cloned());
     c["process"]["env"] = json!(env);
     c["root"]["readonly"] = json!(spec.readonly);
+    if spec.privileged {
+        for set in ["bounding", "effective", "permitted"] {
+            if let Some(caps) = c["process"]["capabilities"][set].as_array_mut() {
+                caps.push(json!("CAP_SYS_ADMIN"));
+            }
+        }
+    }
+    let mut hook_env = vec!["NVHOOK_LOG=debug".to_owned()];
+    hook_env.extend(spec.hook_env.iter().cloned());
     let hook = json!([{
         "path": nvhook(),
         "args": ["nvhook", "--config", fx.config, "prestart"],
-        "env": ["NVHOOK_LOG=debug"],
+        "env": hook_env,
     }]);
     let stage = match spec.stage {
         Stage::Prestart => "prestart",
