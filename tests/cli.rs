@@ -43,6 +43,8 @@ fn plan_for_all_gpus_on_the_fake_tree() {
         .iter()
         .map(|d| d["path"].as_str().unwrap())
         .collect();
+    // all: both GPUs, then (as nvidia-container-cli) every MIG device's GI and CI capabilities
+    // (the fixture's GPU 1 has two MIG devices)
     assert_eq!(
         dev_paths,
         [
@@ -50,7 +52,11 @@ fn plan_for_all_gpus_on_the_fake_tree() {
             "/dev/nvidia-uvm",
             "/dev/nvidia-uvm-tools",
             "/dev/nvidia1",
-            "/dev/nvidia0"
+            "/dev/nvidia0",
+            "/dev/nvidia-caps/nvidia-cap12",
+            "/dev/nvidia-caps/nvidia-cap13",
+            "/dev/nvidia-caps/nvidia-cap21",
+            "/dev/nvidia-caps/nvidia-cap22"
         ]
     );
     let rules: Vec<String> = plan["cgroup_rules"]
@@ -68,7 +74,17 @@ fn plan_for_all_gpus_on_the_fake_tree() {
         .collect();
     assert_eq!(
         rules,
-        ["c 120:255", "c 120:0", "c 120:1", "c 1:11", "c 10:229"]
+        [
+            "c 120:255",
+            "c 120:0",
+            "c 120:1",
+            "c 1:11",
+            "c 10:229",
+            "c 122:12",
+            "c 122:13",
+            "c 122:21",
+            "c 122:22"
+        ]
     );
     let v = &fx.version;
     let targets: Vec<&str> = plan["mounts"]
