@@ -24,6 +24,7 @@ FX=$(mktemp -d)
 trap 'rm -rf "$FX"' EXIT
 bash "$ROOT/tests/fixtures/mkfixtures.sh" "$FX/fx" >/dev/null
 gcc -O2 -Wall -o "$FX/cudaprobe" "$ROOT/tests/gpu/cudaprobe.c" -ldl
+gcc -O2 -Wall -o "$KIT/bin/nvtiming" "$ROOT/tests/gpu/nvtiming.c" -ldl
 for r in rootfs-debian rootfs-lib64; do
     bin=/usr/bin; [ "$r" = rootfs-lib64 ] && bin=/bin
     cp "$FX/cudaprobe" "$FX/fx/$r$bin/cudaprobe"
