@@ -179,6 +179,59 @@ pub fn read_file(file: &File) -> Result<ElfInfo, ElfError> {
     })
 }
 
+/// The CUDA version a libcuda declares in its `.note.cuda.fwd_compatibility` ELF note (a JSON
+/// description, `{"CUDA Version": "13.0", ...}`, owner "NVIDIA Corporation"), read without loading
+/// the library. NVIDIA's toolkit reads the same note of forward-compat libcuda copies.
+pub fn cuda_version_note(file: &File) -> Option<String> {
+    const SHT_NOTE: u32 = 7;
+    let mut h = [0u8; 64];
+    if file.read_at(&mut h, 0).ok()? < 52 || &h[..4] != b"\x7fELF" || h[5] != 1 {
+        return None;
+    }
+    let wide = h[4] == 2;
+    let r = Reader { file, wide };
+    let (shoff, shentsize, shnum, shstrndx) = if wide {
+        (r.word(&h, 40), u16_at(&h, 58) as usize, u16_at(&h, 60) as usize, u16_at(&h, 62) as usize)
+    } else {
+        (r.word(&h, 32), u16_at(&h, 46) as usize, u16_at(&h, 48) as usize, u16_at(&h, 50) as usize)
+    };
+    if shnum == 0 || shnum > 4096 || shentsize < if wide { 64 } else { 40 } || shstrndx >= shnum {
+        return None;
+    }
+    let sh = r.bytes(shoff, shentsize * shnum).ok()?;
+    // (name offset, type, file offset, size) of a section header
+    let section = |i: usize| {
+        let s = &sh[i * shentsize..];
+        if wide {
+            (u32_at(s, 0), u32_at(s, 4), r.word(s, 24), r.word(s, 32))
+        } else {
+            (u32_at(s, 0), u32_at(s, 4), r.word(s, 16), r.word(s, 20))
+        }
+    };
+    let (_, _, str_off, str_size) = section(shstrndx);
+    let names = r.bytes(str_off, str_size.min(1 << 20) as usize).ok()?;
+    let want = b".note.cuda.fwd_compatibility\0";
+    let (_, _, off, size) = (0..shnum).map(section).find(|(name, ty, _, _)| {
+        *ty == SHT_NOTE && names.get(*name as usize..).is_some_and(|n| n.starts_with(want))
+    })?;
+    let data = r.bytes(off, size.min(64 * 1024) as usize).ok()?;
+    if data.len() < 12 {
+        return None;
+    }
+    let (namesz, descsz) = (u32_at(&data, 0) as usize, u32_at(&data, 4) as usize);
+    let name_end = 12usize.checked_add(namesz)?;
+    let owner = data.get(12..name_end)?;
+    if owner.strip_suffix(b"\0").unwrap_or(owner) != b"NVIDIA Corporation" {
+        return None;
+    }
+    let desc_at = 12 + namesz.next_multiple_of(4);
+    let desc = data.get(desc_at..desc_at.checked_add(descsz)?)?;
+    let desc = desc.split(|b| *b == 0).next()?;
+    let v: serde_json::Value = serde_json::from_slice(desc).ok()?;
+    let cuda = v.get("CUDA Version")?;
+    cuda.as_str().map(str::to_owned).or_else(|| Some(cuda.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +247,34 @@ mod tests {
         let info = read(Path::new(&e.value)).unwrap();
         assert_eq!(info.soname.as_deref(), Some("libc.so.6"));
         assert_eq!(info.cache_flags, crate::ldcache::native_flags());
+    }
+
+    #[test]
+    fn cuda_version_note_of_a_library_that_has_one() {
+        // build one: a shared object with the note as NVIDIA's libcuda carries it
+        let d = std::env::temp_dir().join(format!("nvhook-note-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let desc = br#"{"Format":1,"CUDA Version":"12.4","Driver":[550,54],"Device":[]}"#;
+        let mut note = Vec::new();
+        let name = b"NVIDIA Corporation\0";
+        note.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        note.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        note.extend_from_slice(&1u32.to_le_bytes());
+        note.extend_from_slice(name);
+        note.resize(12 + name.len().next_multiple_of(4), 0);
+        note.extend_from_slice(desc);
+        std::fs::write(d.join("note.bin"), &note).unwrap();
+        std::fs::write(d.join("x.c"), "int f(void){return 1;}").unwrap();
+        let ok = |c: &mut std::process::Command| c.status().unwrap().success();
+        assert!(ok(std::process::Command::new("gcc").args(["-shared", "-fPIC", "-o"]).arg(d.join("x.so")).arg(d.join("x.c"))));
+        assert!(ok(std::process::Command::new("objcopy")
+            .arg(format!("--add-section=.note.cuda.fwd_compatibility={}", d.join("note.bin").display()))
+            .arg(d.join("x.so"))));
+        let v = cuda_version_note(&File::open(d.join("x.so")).unwrap());
+        let none = cuda_version_note(&File::open(d.join("x.c")).unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(v.as_deref(), Some("12.4"));
+        assert_eq!(none, None);
     }
 
     #[test]
