@@ -155,6 +155,34 @@ check createruntime "registered as createRuntime instead of prestart" "$SMI_OK" 
 run_case runc unknown rootfs-debian false prestart 'echo started' NVIDIA_VISIBLE_DEVICES=GPU-00000000-dead-beef-0000-000000000000
 check unknown "unknown UUID: the start fails with nvhook's message" '!started' 'nvhook: error: NVIDIA_VISIBLE_DEVICES: unknown device' "$UUID"
 
+run_case runc caps-all rootfs-debian false prestart "$FULL; ls /etc/vulkan/icd.d/ /usr/share/glvnd/egl_vendor.d/ 2>&1; ls /usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0 /usr/lib/x86_64-linux-gnu/libnvidia-encode.so.1 2>&1" NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=all
+check caps-all "\`NVIDIA_DRIVER_CAPABILITIES=all\`: compute and utility work; graphics (GLX, Vulkan ICD, EGL vendor file) and video libraries present" "$SMI_OK" "$GPU_OK" 'nvidia_icd.json' '10_nvidia.json' 'libGLX_nvidia.so.0$' 'libnvidia-encode.so.1$'
+
+run_case runc proc rootfs-debian false prestart "ls /proc/driver/nvidia/ /proc/driver/nvidia/gpus/; grep ModifyDeviceFiles /proc/driver/nvidia/params; nvidia-smi -L >/dev/null; ls -d /dev/nvidia-caps 2>&1" NVIDIA_VISIBLE_DEVICES=all
+check proc "/proc/driver/nvidia shows the selected GPU, params has ModifyDeviceFiles: 0, and nvidia-smi creates no device nodes" 'ModifyDeviceFiles: 0' "$(basename "$(dirname "$INFO")")" '/dev/nvidia-caps: No such file'
+
+run_case runc proc-none rootfs-debian false prestart "ls /proc/driver/nvidia/gpus/ | wc -l; ls /proc/driver/nvidia/" NVIDIA_VISIBLE_DEVICES=none
+check proc-none "\`none\`: /proc/driver/nvidia/gpus is empty" '^0$' 'version'
+
+if [ -d /usr/local/cuda/compat ]; then
+    # an image that ships the host CUDA toolkit's forward-compat libs (older than this driver)
+    N=$((N + 1)); COMPAT_TAR=$WORK/rootfs-compat.tar
+    mkdir -p "$WORK/compat/usr/local/cuda" && tar -C "$WORK/compat" -xf "$KIT/rootfs-debian.tar"
+    cp -a "$(readlink -f /usr/local/cuda/compat)" "$WORK/compat/usr/local/cuda/compat"
+    tar -C "$WORK/compat" -cf "$COMPAT_TAR" . && cp "$COMPAT_TAR" "$KIT/rootfs-compat.tar"
+    run_case runc compat-older rootfs-compat false prestart "ls /usr/local/cuda/compat/ | grep libcuda.so.; cudaprobe; nvidia-smi -L" NVIDIA_VISIBLE_DEVICES=all
+    check compat-older "image ships the host's CUDA compat libcuda ($(ls /usr/local/cuda/compat/ | grep -o 'libcuda.so.[0-9.]*[0-9]' | head -1)), older than the driver: the driver's libcuda is used" "$GPU_OK" "$SMI_OK"
+fi
+
+run_case runc require-ok rootfs-debian false prestart "cudaprobe" NVIDIA_VISIBLE_DEVICES=all "NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla,driver>=470"
+check require-ok "NVIDIA_REQUIRE_CUDA=cuda>=12.0 ...: satisfied, the container starts" "$GPU_OK" 'rc=0'
+
+run_case runc require-fail rootfs-debian false prestart "echo started" NVIDIA_VISIBLE_DEVICES=all "NVIDIA_REQUIRE_CUDA=cuda>=99.0"
+check require-fail "NVIDIA_REQUIRE_CUDA=cuda>=99.0: the start fails naming the requirement and the host's CUDA version" '!started' 'cuda>=99.0' 'nvhook: error'
+
+run_case runc legacy rootfs-debian false prestart "$FULL; ls /etc/vulkan/icd.d/" CUDA_VERSION=12.4.1
+check legacy "legacy image (CUDA_VERSION=12.4.1, nothing else): all GPUs, all capabilities, cuda>=12.4 checked" "$SMI_OK" "$GPU_OK" 'nvidia_icd.json'
+
 if command -v crun >/dev/null && crun --version >/dev/null 2>&1; then
     run_case crun crun-all rootfs-debian false prestart "$FULL; $OPEN" NVIDIA_VISIBLE_DEVICES=0
     check crun-all "crun, \`0\`: nvidia-smi and the kernel; 195:1 denied" "$SMI_OK" "$GPU_OK" '/probe-nodes/gpu1: EPERM'
@@ -176,4 +204,11 @@ fi
     echo
     echo "$(( ${#ROWS[@]} - FAILED )) of ${#ROWS[@]} passed"
 } | tee "$OUTDIR/gpu-e2e.md"
+{
+    echo; echo '$ nvhook list'; "$NVHOOK" list 2>&1
+    echo; echo '$ nvhook doctor'; "$NVHOOK" doctor 2>&1
+    echo; echo '$ nvtiming (cost of asking the driver for its CUDA version)'; "$KIT/bin/nvtiming" 2>&1
+    echo; echo '$ readelf -p .note.cuda.fwd_compatibility <host libcuda>'
+    readelf -p .note.cuda.fwd_compatibility "$(readlink -f "$(ldconfig -p | awk '/libcuda.so.1 .*x86-64/ {print $NF; exit}')")" 2>&1 | tail -3
+} > "$OUTDIR/gpu-tools.txt" 2>&1
 [ "$FAILED" = 0 ]
