@@ -191,9 +191,19 @@ pub fn cuda_version_note(file: &File) -> Option<String> {
     let wide = h[4] == 2;
     let r = Reader { file, wide };
     let (shoff, shentsize, shnum, shstrndx) = if wide {
-        (r.word(&h, 40), u16_at(&h, 58) as usize, u16_at(&h, 60) as usize, u16_at(&h, 62) as usize)
+        (
+            r.word(&h, 40),
+            u16_at(&h, 58) as usize,
+            u16_at(&h, 60) as usize,
+            u16_at(&h, 62) as usize,
+        )
     } else {
-        (r.word(&h, 32), u16_at(&h, 46) as usize, u16_at(&h, 48) as usize, u16_at(&h, 50) as usize)
+        (
+            r.word(&h, 32),
+            u16_at(&h, 46) as usize,
+            u16_at(&h, 48) as usize,
+            u16_at(&h, 50) as usize,
+        )
     };
     if shnum == 0 || shnum > 4096 || shentsize < if wide { 64 } else { 40 } || shstrndx >= shnum {
         return None;
@@ -212,7 +222,10 @@ pub fn cuda_version_note(file: &File) -> Option<String> {
     let names = r.bytes(str_off, str_size.min(1 << 20) as usize).ok()?;
     let want = b".note.cuda.fwd_compatibility\0";
     let (_, _, off, size) = (0..shnum).map(section).find(|(name, ty, _, _)| {
-        *ty == SHT_NOTE && names.get(*name as usize..).is_some_and(|n| n.starts_with(want))
+        *ty == SHT_NOTE
+            && names
+                .get(*name as usize..)
+                .is_some_and(|n| n.starts_with(want))
     })?;
     let data = r.bytes(off, size.min(64 * 1024) as usize).ok()?;
     if data.len() < 12 {
@@ -229,7 +242,9 @@ pub fn cuda_version_note(file: &File) -> Option<String> {
     let desc = desc.split(|b| *b == 0).next()?;
     let v: serde_json::Value = serde_json::from_slice(desc).ok()?;
     let cuda = v.get("CUDA Version")?;
-    cuda.as_str().map(str::to_owned).or_else(|| Some(cuda.to_string()))
+    cuda.as_str()
+        .map(str::to_owned)
+        .or_else(|| Some(cuda.to_string()))
 }
 
 #[cfg(test)]
@@ -266,9 +281,15 @@ mod tests {
         std::fs::write(d.join("note.bin"), &note).unwrap();
         std::fs::write(d.join("x.c"), "int f(void){return 1;}").unwrap();
         let ok = |c: &mut std::process::Command| c.status().unwrap().success();
-        assert!(ok(std::process::Command::new("gcc").args(["-shared", "-fPIC", "-o"]).arg(d.join("x.so")).arg(d.join("x.c"))));
+        assert!(ok(std::process::Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(d.join("x.so"))
+            .arg(d.join("x.c"))));
         assert!(ok(std::process::Command::new("objcopy")
-            .arg(format!("--add-section=.note.cuda.fwd_compatibility={}", d.join("note.bin").display()))
+            .arg(format!(
+                "--add-section=.note.cuda.fwd_compatibility={}",
+                d.join("note.bin").display()
+            ))
             .arg(d.join("x.so"))));
         let v = cuda_version_note(&File::open(d.join("x.so")).unwrap());
         let none = cuda_version_note(&File::open(d.join("x.c")).unwrap());

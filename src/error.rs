@@ -35,6 +35,14 @@ pub enum Error {
     // --- the container's request -------------------------------------------------------------
     #[error("{var}: {reason}")]
     BadRequest { var: String, reason: String },
+    #[error(
+        "{var}: unsatisfied condition: {condition} (this host: {host}); the image needs another host, or NVIDIA_DISABLE_REQUIRE=true to start it anyway"
+    )]
+    Requirement {
+        var: String,
+        condition: String,
+        host: String,
+    },
     #[error("{var}: unknown device {id:?}; this host has {available}")]
     UnknownDevice {
         var: String,

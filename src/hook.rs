@@ -41,6 +41,7 @@ fn request_for(container: &state::Container, config: &Config) -> Result<Option<R
         mounts: &container.mounts,
         accept_env_unprivileged: config.accept_nvidia_visible_devices_envvar_when_unprivileged,
         accept_volume_mounts: config.accept_nvidia_visible_devices_as_volume_mounts,
+        disable_require: config.disable_require,
     };
     Request::from_container(&container.env, &supported, &src)
 }
@@ -72,6 +73,8 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     };
     t.mark("config");
     let inv = Inventory::discover(&config, &req, &mut t)?;
+    nvidia::facts::check(&req, &inv)?;
+    t.mark("require");
 
     let pid = container.pid.ok_or(Error::NoPid)?;
     let ns = MountNamespace::of_pid(pid)?;
@@ -139,6 +142,7 @@ pub fn plan<R: Read>(source: PlanSource<R>, config_path: Option<&Path>) -> Resul
         return Ok(not_requested());
     };
     let inv = Inventory::discover(&config, &req, &mut Timer::new())?;
+    nvidia::facts::check(&req, &inv)?;
     let (layout, compat) = match Rootfs::open(&container.rootfs) {
         Ok(r) => (Layout::detect(&r), compat_of(&req, &r)),
         Err(e) => {

@@ -4,10 +4,12 @@
 pub mod catalog;
 pub mod compat;
 pub mod extras;
+pub mod facts;
 pub mod gpus;
 pub mod libraries;
 pub mod mig;
 pub mod request;
+pub mod require;
 pub mod select;
 
 use std::path::PathBuf;
@@ -40,6 +42,8 @@ pub struct Inventory {
     pub caps_dir: Option<PathBuf>,
     /// The driver's libnvidia-ml (for NVML, loaded only when needed).
     pub nvml_lib: Option<PathBuf>,
+    /// The driver's libcuda (its ELF note tells the CUDA version).
+    pub libcuda: Option<PathBuf>,
     pub control_nodes: Vec<HostNode>,
     pub gpu_nodes: Vec<HostNode>,
     pub libraries: Vec<Library>,
@@ -75,6 +79,7 @@ impl Inventory {
         let names = catalog::library_names(caps);
         let mut prefixes = names.clone();
         prefixes.push("libnvidia-ml.so");
+        prefixes.push("libcuda.so");
         if catalog::wants_graphics(caps) {
             prefixes.extend_from_slice(catalog::GRAPHICS_UNVERSIONED_LIBS);
         }
@@ -83,6 +88,7 @@ impl Inventory {
         let nvml_lib = root
             .find_library("libnvidia-ml.so", flags)
             .map(|l| l.host_path);
+        let libcuda = root.find_library("libcuda.so", flags).map(|l| l.host_path);
         t.mark("inv_ldcache");
         let mut nvml = mig::Nvml::new(nvml_lib.clone());
         let selection = select::select(&req.devices, &all_gpus, &config.proc_root, &mut nvml)?;
@@ -246,6 +252,7 @@ impl Inventory {
             mig_caps,
             caps_dir,
             nvml_lib,
+            libcuda,
             control_nodes,
             gpu_nodes,
             libraries,

@@ -124,6 +124,8 @@ pub struct Request {
     pub mig_config: bool,
     /// `NVIDIA_MIG_MONITOR_DEVICES=all`: may monitor MIG devices (privileged containers only).
     pub mig_monitor: bool,
+    /// `NVIDIA_REQUIRE_*` (and the legacy `CUDA_VERSION` rule), unless disabled.
+    pub requirements: Vec<super::require::Requirement>,
 }
 
 /// Where a container's GPU request may come from, as the host's config allows (the toolkit's
@@ -138,6 +140,8 @@ pub struct Sources<'a> {
     pub accept_env_unprivileged: bool,
     /// `accept-nvidia-visible-devices-as-volume-mounts`
     pub accept_volume_mounts: bool,
+    /// `disable-require`: ignore NVIDIA_REQUIRE_*.
+    pub disable_require: bool,
 }
 
 /// The toolkit's volume-mount way to ask for devices: `/dev/null` mounted at
@@ -204,6 +208,20 @@ impl Request {
         supported: &Capabilities,
         src: &Sources<'_>,
     ) -> Result<Option<Request>, Error> {
+        let mut r = Self::from_container_sources(env, supported, src)?;
+        if src.disable_require {
+            if let Some(r) = r.as_mut() {
+                r.requirements.clear();
+            }
+        }
+        Ok(r)
+    }
+
+    fn from_container_sources(
+        env: &[String],
+        supported: &Capabilities,
+        src: &Sources<'_>,
+    ) -> Result<Option<Request>, Error> {
         if src.accept_volume_mounts {
             let (devices, imex) = volume_mount_requests(src.mounts);
             if !devices.is_empty() {
@@ -265,6 +283,7 @@ impl Request {
         let imex_channels = parse_imex_channels(map.get(IMEX_CHANNELS).copied())?;
         let mig_config = parse_mig_all(MIG_CONFIG, map.get(MIG_CONFIG).copied())?;
         let mig_monitor = parse_mig_all(MIG_MONITOR, map.get(MIG_MONITOR).copied())?;
+        let requirements = super::require::collect(&map, legacy, false)?;
         Ok(Some(Request {
             devices,
             capabilities,
@@ -272,6 +291,7 @@ impl Request {
             imex_channels,
             mig_config,
             mig_monitor,
+            requirements,
         }))
     }
 }
@@ -631,6 +651,7 @@ mod tests {
             mounts: &mounts,
             accept_env_unprivileged: accept_env,
             accept_volume_mounts: accept_mounts,
+            disable_require: false,
         };
         let devs = |s: Sources| {
             Request::from_container(&env, &all, &s)

@@ -197,6 +197,8 @@ pub struct Spec<'a> {
     pub hook_env: Vec<String>,
     /// Give the container CAP_SYS_ADMIN (the toolkit's "privileged").
     pub privileged: bool,
+    /// Another nvhook config than the fixtures' own.
+    pub config: Option<PathBuf>,
 }
 
 impl<'a> Spec<'a> {
@@ -209,6 +211,7 @@ impl<'a> Spec<'a> {
             stage: Stage::Prestart,
             hook_env: Vec::new(),
             privileged: false,
+            config: None,
         }
     }
 }
@@ -263,7 +266,7 @@ pub fn bundle(spec: &Spec<'_>) -> Bundle {
     hook_env.extend(spec.hook_env.iter().cloned());
     let hook = json!([{
         "path": nvhook(),
-        "args": ["nvhook", "--config", fx.config, "prestart"],
+        "args": ["nvhook", "--config", spec.config.as_ref().unwrap_or(&fx.config), "prestart"],
         "env": hook_env,
     }]);
     let stage = match spec.stage {

@@ -1,0 +1,109 @@
+//! The host facts `NVIDIA_REQUIRE_*` needs, each fetched only when a factor asks for it:
+//! the driver version from the kernel (already read), the CUDA version from libcuda's
+//! `.note.cuda.fwd_compatibility` ELF note (a file read; NVML only if the note is missing), and
+//! compute capability and brand from NVML (loaded from the driver root on first use).
+
+use std::path::PathBuf;
+
+use nvhook_sys::nvml_wrapper::enum_wrappers::device::Brand;
+
+use super::Inventory;
+use super::gpus::Gpu;
+use super::mig::Nvml;
+use super::require::Facts;
+
+pub struct HostFacts {
+    driver: String,
+    libcuda: Option<PathBuf>,
+    gpus: Vec<Gpu>,
+    nvml: Nvml,
+    cuda: Option<Option<String>>,
+}
+
+impl HostFacts {
+    pub fn new(inv: &Inventory) -> HostFacts {
+        HostFacts {
+            driver: inv.driver_version.clone(),
+            libcuda: inv.libcuda.clone(),
+            gpus: inv.gpus.clone(),
+            nvml: Nvml::new(inv.nvml_lib.clone()),
+            cuda: None,
+        }
+    }
+
+    fn gpu(&self, index: u32) -> Option<Gpu> {
+        self.gpus.iter().find(|g| g.index == index).cloned()
+    }
+
+    fn cuda_from_note(&self) -> Option<String> {
+        let f = std::fs::File::open(self.libcuda.as_ref()?).ok()?;
+        crate::elf::cuda_version_note(&f)
+    }
+
+    fn cuda_from_nvml(&mut self) -> Option<String> {
+        let g = self.gpus.first()?.clone();
+        // the device handle proves NVML is up; the version is a system query
+        let dev = self.nvml.device(&g).ok()?;
+        let v = dev.nvml().sys_cuda_driver_version().ok()?;
+        Some(format!("{}.{}", v / 1000, (v % 1000) / 10))
+    }
+}
+
+/// NVML's brand, named as libnvidia-container names it (`src/driver.c`).
+fn brand_name(b: Brand) -> &'static str {
+    match b {
+        Brand::Quadro => "Quadro",
+        Brand::Tesla => "Tesla",
+        Brand::NVS => "NVS",
+        Brand::GRID => "GRID",
+        Brand::GeForce => "GeForce",
+        Brand::Titan => "TITAN",
+        Brand::VApps => "VApps",
+        Brand::VPC => "VPC",
+        Brand::VCS => "VCS",
+        Brand::VWS => "VWS",
+        Brand::CloudGaming | Brand::VGaming => "CloudGaming",
+        Brand::QuadroRTX => "QuadroRTX",
+        Brand::NvidiaRTX => "NvidiaRTX",
+        Brand::Nvidia => "Nvidia",
+        Brand::GeForceRTX => "GeForceRTX",
+        Brand::TitanRTX => "TitanRTX",
+        Brand::Unknown => "Unknown",
+    }
+}
+
+impl Facts for HostFacts {
+    fn cuda_version(&mut self) -> Option<String> {
+        if self.cuda.is_none() {
+            let v = self.cuda_from_note().or_else(|| self.cuda_from_nvml());
+            log::debug!("host CUDA driver version: {v:?}");
+            self.cuda = Some(v);
+        }
+        self.cuda.clone().flatten()
+    }
+
+    fn driver_version(&mut self) -> Option<String> {
+        Some(self.driver.clone())
+    }
+
+    fn arch(&mut self, gpu: u32) -> Option<String> {
+        let g = self.gpu(gpu)?;
+        let cc = self.nvml.device(&g).ok()?.cuda_compute_capability().ok()?;
+        Some(format!("{}.{}", cc.major, cc.minor))
+    }
+
+    fn brand(&mut self, gpu: u32) -> Option<String> {
+        let g = self.gpu(gpu)?;
+        let b = self.nvml.device(&g).ok()?.brand().ok()?;
+        Some(brand_name(b).to_owned())
+    }
+}
+
+/// Check the request's requirements against this host, for the selected GPUs.
+pub fn check(req: &super::request::Request, inv: &Inventory) -> Result<(), crate::error::Error> {
+    if req.requirements.is_empty() {
+        return Ok(());
+    }
+    let gpus: Vec<u32> = inv.selected.iter().map(|g| g.index).collect();
+    super::require::check(&req.requirements, &gpus, &mut HostFacts::new(inv))
+}
