@@ -69,6 +69,11 @@ impl Config {
     /// Load the config: `explicit` (from `--config`) if given, else `$NVHOOK_CONFIG` if set, else
     /// `/etc/nvhook/config.toml` if it exists, else the defaults. A file named explicitly must exist.
     pub fn load(explicit: Option<&Path>) -> Result<Config, Error> {
+        Self::load_with_source(explicit).map(|(c, _)| c)
+    }
+
+    /// Like [`Config::load`], also telling which file was read (None: the defaults).
+    pub fn load_with_source(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), Error> {
         let from_env = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty());
         let (path, required) = match (explicit, from_env) {
             (Some(p), _) => (p.to_path_buf(), true),
@@ -78,11 +83,14 @@ impl Config {
         let text = match read_bounded(&path) {
             Ok(t) => t,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Config::default());
+                return Ok((Config::default(), None));
             }
             Err(source) => return Err(Error::ConfigRead { path, source }),
         };
-        Config::parse(&text).map_err(|reason| Error::ConfigParse { path, reason })
+        match Config::parse(&text) {
+            Ok(c) => Ok((c, Some(path))),
+            Err(reason) => Err(Error::ConfigParse { path, reason }),
+        }
     }
 
     /// Parse config text; the error is toml's message (with line and column).

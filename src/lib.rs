@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod config;
 pub mod devnode;
+pub mod doctor;
 pub mod elf;
 pub mod error;
 pub mod hook;
@@ -17,6 +18,7 @@ pub mod ldcache;
 pub mod logging;
 pub mod nvidia;
 pub mod plan;
+pub mod report;
 pub mod rootfs;
 pub mod state;
 pub mod timing;

@@ -18,6 +18,10 @@ usage:
   nvhook [--config FILE] plan [--bundle DIR]
                                          print what prestart would do, as JSON, changing nothing;
                                          reads the state on stdin unless --bundle is given
+  nvhook [--config FILE] list [--json]   what this host offers: driver, GPUs, MIG devices, nodes,
+                                         and each capability's libraries and binaries
+  nvhook [--config FILE] doctor [--json] check this host (driver, nodes, libraries, hooks.d
+                                         registration, cgroups, runtimes, kernel); exit 1 on errors
   nvhook version                         print the version
   nvhook help                            this text
 
@@ -35,6 +39,7 @@ fn run(args: Vec<String>) -> Result<(), Error> {
     let mut config: Option<PathBuf> = None;
     let mut bundle: Option<PathBuf> = None;
     let mut command: Option<String> = None;
+    let mut json = false;
     let mut it = args.into_iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -52,6 +57,7 @@ fn run(args: Vec<String>) -> Result<(), Error> {
                         .into(),
                 )
             }
+            "--json" => json = true,
             "-h" | "--help" => command = Some("help".into()),
             "-V" | "--version" => command = Some("version".into()),
             _ if a.starts_with('-') => {
@@ -85,6 +91,39 @@ fn run(args: Vec<String>) -> Result<(), Error> {
             let json =
                 serde_json::to_string_pretty(&plan).map_err(|e| Error::Usage(e.to_string()))?;
             stdout(&(json + "\n"));
+            Ok(())
+        }
+        Some("list") => {
+            let cfg = nvhook::config::Config::load(config.as_deref())?;
+            let r = nvhook::report::list(&cfg)?;
+            if json {
+                let s =
+                    serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?;
+                stdout(&(s + "\n"));
+            } else {
+                stdout(&nvhook::report::text(&r));
+            }
+            Ok(())
+        }
+        Some("doctor") => {
+            let findings = nvhook::doctor::run(
+                nvhook::config::Config::load_with_source(config.as_deref()),
+                nvhook::doctor::HOOK_DIRS,
+            );
+            if json {
+                let s = serde_json::to_string_pretty(&serde_json::json!({ "findings": &findings }))
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                stdout(&(s + "\n"));
+            } else {
+                stdout(&nvhook::doctor::text(&findings));
+            }
+            let errors = findings
+                .iter()
+                .filter(|f| f.status == nvhook::doctor::Status::Error)
+                .count();
+            if errors > 0 {
+                return Err(Error::Usage(format!("doctor: {errors} problem(s) found")));
+            }
             Ok(())
         }
         Some("version") => {
