@@ -241,7 +241,13 @@ pub fn cuda_version_note(file: &File) -> Option<String> {
     let desc = data.get(desc_at..desc_at.checked_add(descsz)?)?;
     let desc = desc.split(|b| *b == 0).next()?;
     let v: serde_json::Value = serde_json::from_slice(desc).ok()?;
-    let cuda = v.get("CUDA Version")?;
+    // The key's case varies between drivers ("CUDA Version", "CUDA version"); the toolkit reads it
+    // with Go's case-insensitive JSON matching.
+    let cuda = v
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("cuda version"))
+        .map(|(_, v)| v)?;
     cuda.as_str()
         .map(str::to_owned)
         .or_else(|| Some(cuda.to_string()))
@@ -269,7 +275,8 @@ mod tests {
         // build one: a shared object with the note as NVIDIA's libcuda carries it
         let d = std::env::temp_dir().join(format!("nvhook-note-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        let desc = br#"{"Format":1,"CUDA Version":"12.4","Driver":[550,54],"Device":[]}"#;
+        // as the 580 driver writes it (lower-case "version")
+        let desc = br#"{"format":1,"CUDA version":"12.4","driver":[550,54],"device":[]}"#;
         let mut note = Vec::new();
         let name = b"NVIDIA Corporation\0";
         note.extend_from_slice(&(name.len() as u32).to_le_bytes());

@@ -26,31 +26,26 @@ impl HostFacts {
             driver: inv.driver_version.clone(),
             libcuda: inv.libcuda.clone(),
             gpus: inv.gpus.clone(),
-            nvml: Nvml::new(inv.nvml_lib.clone()),
+            nvml: Nvml::new(inv.nvml_lib.clone(), &inv.gpus).with_answers(inv.nvml_answers.clone()),
             cuda: None,
         }
     }
 
-    fn gpu(&self, index: u32) -> Option<Gpu> {
-        self.gpus.iter().find(|g| g.index == index).cloned()
+    fn uuid(&self, index: u32) -> Option<String> {
+        self.gpus
+            .iter()
+            .find(|g| g.index == index)
+            .map(|g| g.uuid.clone())
     }
 
     fn cuda_from_note(&self) -> Option<String> {
         let f = std::fs::File::open(self.libcuda.as_ref()?).ok()?;
         crate::elf::cuda_version_note(&f)
     }
-
-    fn cuda_from_nvml(&mut self) -> Option<String> {
-        let g = self.gpus.first()?.clone();
-        // the device handle proves NVML is up; the version is a system query
-        let dev = self.nvml.device(&g).ok()?;
-        let v = dev.nvml().sys_cuda_driver_version().ok()?;
-        Some(format!("{}.{}", v / 1000, (v % 1000) / 10))
-    }
 }
 
 /// NVML's brand, named as libnvidia-container names it (`src/driver.c`).
-fn brand_name(b: Brand) -> &'static str {
+pub fn brand_name(b: Brand) -> &'static str {
     match b {
         Brand::Quadro => "Quadro",
         Brand::Tesla => "Tesla",
@@ -75,7 +70,9 @@ fn brand_name(b: Brand) -> &'static str {
 impl Facts for HostFacts {
     fn cuda_version(&mut self) -> Option<String> {
         if self.cuda.is_none() {
-            let v = self.cuda_from_note().or_else(|| self.cuda_from_nvml());
+            let v = self
+                .cuda_from_note()
+                .or_else(|| self.nvml.answers().ok().and_then(|a| a.cuda.clone()));
             log::debug!("host CUDA driver version: {v:?}");
             self.cuda = Some(v);
         }
@@ -87,15 +84,13 @@ impl Facts for HostFacts {
     }
 
     fn arch(&mut self, gpu: u32) -> Option<String> {
-        let g = self.gpu(gpu)?;
-        let cc = self.nvml.device(&g).ok()?.cuda_compute_capability().ok()?;
-        Some(format!("{}.{}", cc.major, cc.minor))
+        let uuid = self.uuid(gpu)?;
+        self.nvml.answers().ok()?.arch.get(&uuid).cloned()
     }
 
     fn brand(&mut self, gpu: u32) -> Option<String> {
-        let g = self.gpu(gpu)?;
-        let b = self.nvml.device(&g).ok()?.brand().ok()?;
-        Some(brand_name(b).to_owned())
+        let uuid = self.uuid(gpu)?;
+        self.nvml.answers().ok()?.brand.get(&uuid).cloned()
     }
 }
 

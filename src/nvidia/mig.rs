@@ -18,7 +18,7 @@ use crate::devnode::{HostNode, stat_node};
 use crate::error::Error;
 
 /// One MIG device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MigDevice {
     /// Index of the parent GPU.
     pub parent: u32,
@@ -115,84 +115,153 @@ pub fn device_caps(
     ])
 }
 
-/// NVML, loaded from the driver's own libnvidia-ml on first use.
+/// Everything nvhook asks NVML, answered in one session.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct NvmlAnswers {
+    /// GPU UUID -> its MIG devices.
+    pub mig: std::collections::BTreeMap<String, Vec<MigDevice>>,
+    /// CUDA driver version, `major.minor`.
+    pub cuda: Option<String>,
+    /// GPU UUID -> compute capability `major.minor`.
+    pub arch: std::collections::BTreeMap<String, String>,
+    /// GPU UUID -> brand (libnvidia-container's names).
+    pub brand: std::collections::BTreeMap<String, String>,
+    /// Why NVML could not answer, if it could not.
+    pub error: Option<String>,
+}
+
+/// NVML, loaded from the driver's own libnvidia-ml, in a child process: its initialization starts
+/// threads (and `setns` refuses a multi-threaded process), can take tens of milliseconds, and can
+/// hang on a sick GPU. The child answers every question at once; the hook asks at most once.
 pub struct Nvml {
     lib_path: Option<PathBuf>,
-    nvml: Option<nvhook_sys::nvml_wrapper::Nvml>,
+    gpus: Vec<Gpu>,
+    answers: Option<NvmlAnswers>,
 }
+
+/// How long NVML may take to answer before the child is killed.
+const NVML_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Nvml {
-    pub fn new(lib_path: Option<PathBuf>) -> Nvml {
+    pub fn new(lib_path: Option<PathBuf>, gpus: &[Gpu]) -> Nvml {
         Nvml {
             lib_path,
-            nvml: None,
+            gpus: gpus.to_vec(),
+            answers: None,
         }
     }
 
-    fn get(&mut self) -> Result<&nvhook_sys::nvml_wrapper::Nvml, Error> {
-        if self.nvml.is_none() {
-            let mut b = nvhook_sys::nvml_wrapper::Nvml::builder();
-            if let Some(p) = &self.lib_path {
-                b.lib_path(p.as_os_str());
-            }
-            let n = b.init().map_err(|e| Error::Nvml {
-                what: "initialize NVML".into(),
+    /// Start from answers an earlier session gave.
+    pub fn with_answers(mut self, answers: Option<NvmlAnswers>) -> Nvml {
+        self.answers = answers;
+        self
+    }
+
+    /// The answers, asking NVML (in a child) the first time.
+    pub fn answers(&mut self) -> Result<&NvmlAnswers, Error> {
+        if self.answers.is_none() {
+            let (lib, gpus) = (self.lib_path.clone(), self.gpus.clone());
+            let raw = nvhook_sys::in_child(
+                move || serde_json::to_vec(&query_all(lib.as_deref(), &gpus)).unwrap_or_default(),
+                NVML_TIMEOUT,
+            )
+            .map_err(|e| Error::Nvml {
+                what: "query NVML (in a child process)".into(),
                 reason: e.to_string(),
             })?;
-            self.nvml = Some(n);
+            let a: NvmlAnswers = serde_json::from_slice(&raw).map_err(|e| Error::Nvml {
+                what: "read NVML's answers".into(),
+                reason: e.to_string(),
+            })?;
+            log::debug!("NVML answered: {} GPU(s) with MIG info", a.mig.len());
+            self.answers = Some(a);
         }
-        self.nvml.as_ref().ok_or_else(|| Error::Nvml {
-            what: "initialize NVML".into(),
-            reason: "not loaded".into(),
-        })
+        let a = self.answers.as_ref().ok_or_else(|| Error::Nvml {
+            what: "query NVML".into(),
+            reason: "no answer".into(),
+        })?;
+        match &a.error {
+            Some(e) => Err(Error::Nvml {
+                what: "initialize NVML".into(),
+                reason: e.clone(),
+            }),
+            None => Ok(a),
+        }
     }
 
-    /// The NVML handle of one of our GPUs, by UUID (our indexes come from the kernel's files).
-    pub fn device<'a>(
-        &'a mut self,
-        gpu: &Gpu,
-    ) -> Result<nvhook_sys::nvml_wrapper::Device<'a>, Error> {
-        let uuid = gpu.uuid.clone();
-        self.get()?
-            .device_by_uuid(uuid.as_str())
-            .map_err(|e| Error::Nvml {
-                what: format!("find GPU {uuid}"),
-                reason: e.to_string(),
-            })
+    /// The answers gathered so far (for reuse by a later query of the same run).
+    pub fn take_answers(self) -> Option<NvmlAnswers> {
+        self.answers
     }
 }
 
-impl MigSource for Nvml {
-    fn mig_devices(&mut self, gpu: &Gpu) -> Result<Vec<MigDevice>, Error> {
-        let nerr = |what: &str| {
-            let what = format!("{what} of GPU {}", gpu.uuid);
-            move |e: nvhook_sys::nvml_wrapper::error::NvmlError| Error::Nvml {
-                what: what.clone(),
-                reason: e.to_string(),
-            }
+/// In the child: one NVML session answering everything.
+fn query_all(lib: Option<&Path>, gpus: &[Gpu]) -> NvmlAnswers {
+    use nvhook_sys::nvml_wrapper;
+    let mut a = NvmlAnswers::default();
+    let mut b = nvml_wrapper::Nvml::builder();
+    if let Some(p) = lib {
+        b.lib_path(p.as_os_str());
+    }
+    let nvml = match b.init() {
+        Ok(n) => n,
+        Err(e) => {
+            a.error = Some(e.to_string());
+            return a;
+        }
+    };
+    // (errors of single queries leave that answer out; the requirement check then treats the
+    // fact as unknown, as libnvidia-container does)
+    a.cuda = nvml
+        .sys_cuda_driver_version()
+        .ok()
+        .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
+    for g in gpus {
+        let Ok(dev) = nvml.device_by_uuid(g.uuid.as_str()) else {
+            continue;
         };
-        let dev = self.device(gpu)?;
-        let max = dev
-            .mig_device_count()
-            .map_err(nerr("read the MIG device count"))?;
-        let mut out = Vec::new();
+        if let Ok(cc) = dev.cuda_compute_capability() {
+            a.arch
+                .insert(g.uuid.clone(), format!("{}.{}", cc.major, cc.minor));
+        }
+        if let Ok(b) = dev.brand() {
+            a.brand
+                .insert(g.uuid.clone(), super::facts::brand_name(b).to_owned());
+        }
+        let mut migs = Vec::new();
+        let max = dev.mig_device_count().unwrap_or(0);
         for i in 0..max {
             // indexes past the existing devices fail with NotFound
             let Ok(m) = dev.mig_device_by_index(i) else {
                 continue;
             };
-            let uuid = m.uuid().map_err(nerr("read a MIG device's UUID"))?;
-            let (gi, ci) = nvhook_sys::mig_instance_ids(&m)
-                .map_err(nerr("read a MIG device's instance ids"))?;
-            out.push(MigDevice {
-                parent: gpu.index,
-                index: out.len() as u32,
+            let (Ok(uuid), Ok((gi, ci))) = (m.uuid(), nvhook_sys::mig_instance_ids(&m)) else {
+                continue;
+            };
+            migs.push(MigDevice {
+                parent: g.index,
+                index: migs.len() as u32,
                 uuid,
                 gi,
                 ci,
             });
         }
-        Ok(out)
+        a.mig.insert(g.uuid.clone(), migs);
+    }
+    // The child exits right after answering: no nvmlShutdown, and no dlclose under the threads
+    // NVML started (unloading the library they run in crashes them).
+    std::mem::forget(nvml);
+    a
+}
+
+impl MigSource for Nvml {
+    fn mig_devices(&mut self, gpu: &Gpu) -> Result<Vec<MigDevice>, Error> {
+        Ok(self
+            .answers()?
+            .mig
+            .get(&gpu.uuid)
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

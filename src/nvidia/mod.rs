@@ -44,6 +44,9 @@ pub struct Inventory {
     pub nvml_lib: Option<PathBuf>,
     /// The driver's libcuda (its ELF note tells the CUDA version).
     pub libcuda: Option<PathBuf>,
+    /// What NVML answered during selection, if it was asked (reused by requirement checks).
+    #[serde(skip)]
+    pub nvml_answers: Option<mig::NvmlAnswers>,
     pub control_nodes: Vec<HostNode>,
     pub gpu_nodes: Vec<HostNode>,
     pub libraries: Vec<Library>,
@@ -90,8 +93,9 @@ impl Inventory {
             .map(|l| l.host_path);
         let libcuda = root.find_library("libcuda.so", flags).map(|l| l.host_path);
         t.mark("inv_ldcache");
-        let mut nvml = mig::Nvml::new(nvml_lib.clone());
+        let mut nvml = mig::Nvml::new(nvml_lib.clone(), &all_gpus);
         let selection = select::select(&req.devices, &all_gpus, &config.proc_root, &mut nvml)?;
+        let nvml_answers = nvml.take_answers();
         let selected = selection.gpus;
         let migs = selection.migs;
         let mut mig_caps = Vec::new();
@@ -253,6 +257,7 @@ impl Inventory {
             caps_dir,
             nvml_lib,
             libcuda,
+            nvml_answers,
             control_nodes,
             gpu_nodes,
             libraries,

@@ -372,3 +372,120 @@ pub fn mig_instance_ids(device: &nvml_wrapper::Device<'_>) -> Result<(u32, u32),
     }
     Ok((gi, ci))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Running a closure in a forked child
+// ---------------------------------------------------------------------------------------------
+
+/// Run `f` in a forked child process and return the bytes it produced; the child exits right
+/// after. Used for NVML: its initialization starts threads, and `setns(CLONE_NEWNS)` refuses a
+/// multi-threaded process, so NVML must never run in the hook process itself; the child also
+/// isolates the hook from a library that can hang on a sick GPU (`timeout`, then SIGKILL).
+///
+/// Refuses (EBUSY) unless the calling process has exactly one thread: forking a multi-threaded
+/// process leaves the child with locks other threads held.
+pub fn in_child(f: impl FnOnce() -> Vec<u8>, timeout: std::time::Duration) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let threads = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_owned()));
+    if threads.as_deref() != Some("1") {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "in_child: the process is multi-threaded",
+        ));
+    }
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid 2-int array for pipe2 to fill.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: pipe2 succeeded, so both are new descriptors owned by nobody else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the process is single-threaded (checked above), so the child is a complete copy
+    // whose only thread is this one: no lock can be held by a thread that does not exist there.
+    // The child never returns into the caller's code: it runs `f`, writes, and `_exit`s (no
+    // atexit handlers, no destructors of the parent's objects run twice).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        drop(rd);
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_default();
+        let mut w = std::fs::File::from(wr);
+        let ok = std::io::Write::write_all(&mut w, &out).is_ok();
+        // SAFETY: terminating the child without returning into the parent's stack.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    drop(wr);
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut file = std::fs::File::from(rd);
+    let mut buf = [0u8; 8192];
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                left.as_millis().min(i32::MAX as u128) as libc::c_int,
+            )
+        };
+        if n == 0 {
+            timed_out = true;
+            break;
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if timed_out {
+        // SAFETY: `pid` is our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child; `status` is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if timed_out {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("child did not answer within {timeout:?}"),
+        ));
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        return Err(io::Error::other(format!(
+            "child failed (wait status {status:#x})"
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test harness runs tests on threads: in_child must refuse to fork it. (The forking path
+    /// itself runs in the nvhook binary, single-threaded: see the MIG and NVIDIA_REQUIRE
+    /// end-to-end tests, whose NVML queries go through it.)
+    #[test]
+    fn refuses_a_multi_threaded_process() {
+        let e = in_child(|| b"x".to_vec(), std::time::Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ResourceBusy);
+    }
+}
