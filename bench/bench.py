@@ -11,6 +11,7 @@ from its debug log in a separate pass (so logging never slows the timed runs).
 
 Setups:
   a  runc alone (baseline)
+  z  runc with a no-op prestart hook (/bin/true): what registering any hook costs in runc
   b  nvhook registered, NVIDIA_VISIBLE_DEVICES unset (the path of every non-GPU container)
   c  nvhook, all GPUs, compute,utility
   d  nvhook, all GPUs, all capabilities
@@ -114,6 +115,7 @@ class Bench:
         self.errfile = open(os.path.join(self.work, "create.err"), "w+")
         self.setups = [
             Setup("a", "runc alone", self.runc, None, [], False),
+            Setup("z", "runc, no-op hook (/bin/true)", self.runc, "noop", [], False),
             Setup("b", "nvhook, no GPU asked", self.runc, "nvhook", [], False),
             Setup("c", "nvhook, all GPUs, compute,utility", self.runc, "nvhook", ALL, True),
             Setup("d", "nvhook, all GPUs, all capabilities", self.runc, "nvhook", ALL_CAPS, True),
@@ -132,6 +134,8 @@ class Bench:
 
     # ------------------------------------------------------------------ bundles
     def hooks(self, s, extra_env=()):
+        if s.hook == "noop":
+            return {"prestart": [{"path": shutil.which("true") or "/bin/true", "args": ["true"]}]}
         if s.hook == "nvhook":
             return {"prestart": [{"path": self.nvhook, "args": ["nvhook", "prestart"],
                                   "env": self.hook_env + list(extra_env)}]}
@@ -274,15 +278,21 @@ class Bench:
         b50 = pct(base.samples, 50) if base else float("nan")
         b90 = pct(base.samples, 90) if base else float("nan")
         lines = [
-            "| setup | p50 | p90 | max | added p50 | added p90 |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| setup | p50 | p90 | max | added p50 | added p90 | added, paired median |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+        paired = {}
         for s in self.setups:
             p50, p90, mx = pct(s.samples, 50), pct(s.samples, 90), max(s.samples)
+            # per-round differences from the baseline started in the same round: drift of the
+            # machine between rounds cancels out
+            if base and len(base.samples) == len(s.samples):
+                paired[s.key] = statistics.median(x - y for x, y in zip(s.samples, base.samples))
             add = "–" if s.key == "a" else "%+.1f ms" % (p50 - b50)
             add90 = "–" if s.key == "a" else "%+.1f ms" % (p90 - b90)
-            lines.append("| (%s) %s | %.1f ms | %.1f ms | %.1f ms | %s | %s |" % (
-                s.key, s.title, p50, p90, mx, add, add90))
+            addp = "–" if s.key == "a" or s.key not in paired else "%+.1f ms" % paired[s.key]
+            lines.append("| (%s) %s | %.1f ms | %.1f ms | %.1f ms | %s | %s | %s |" % (
+                s.key, s.title, p50, p90, mx, add, add90, addp))
         by = {s.key: pct(s.samples, 50) - b50 for s in self.setups}
         ratios = []
         for ours, theirs, label in (("c", "i", "legacy hook"), ("c", "f", "shim (jit-cdi)"),
@@ -291,7 +301,15 @@ class Bench:
                 ratios.append("- added p50: nvhook (%s) %.1f ms vs NVIDIA %s (%s) %.1f ms: %.1fx less" % (
                     ours, by[ours], label, theirs, by[theirs], by[theirs] / by[ours]))
         for s, why in getattr(self, "failed", []):
-            lines.append("| (%s) %s | failed its correctness check, not timed: %s | | | | |" % (s.key, s.title, why[0][:120]))
+            lines.append("| (%s) %s | failed its correctness check, not timed: %s | | | | | |" % (s.key, s.title, why[0][:120]))
+        for ours, theirs, label in (("c", "i", "legacy hook"), ("c", "f", "shim (jit-cdi)")):
+            if ours in paired and theirs in paired and paired[ours] > 0:
+                ratios.append("- paired medians: nvhook (%s) %+.1f ms vs NVIDIA %s (%s) %+.1f ms: %.1fx less" % (
+                    ours, paired[ours], label, theirs, paired[theirs], paired[theirs] / paired[ours]))
+        if "z" in paired and "b" in paired:
+            ratios.append("- over the no-op hook (z, %+.1f ms paired): nvhook without a GPU request (b) adds %+.1f ms, "
+                          "with all GPUs (c) %+.1f ms" % (paired["z"], paired["b"] - paired["z"],
+                                                          paired.get("c", float("nan")) - paired["z"]))
         lines.append("")
         lines += ratios
         if bd:
