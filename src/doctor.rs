@@ -61,10 +61,10 @@ pub fn run(
     let mut f = Findings::default();
     let config = match config {
         Ok((c, file)) => {
-            let from = file.map_or("no config file; the defaults".into(), |p| {
-                p.display().to_string()
+            let from = file.map_or("no config file: the defaults".into(), |p| {
+                format!("read {}", p.display())
             });
-            f.add("config", Status::Ok, format!("config: {from}"), "");
+            f.add("config", Status::Ok, from, "");
             c
         }
         Err(e) => {
