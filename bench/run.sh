@@ -29,6 +29,11 @@ fi
 FX=${FIXTURES:-/tmp/nvhook-bench-fixtures}
 bash "$ROOT/tests/fixtures/mkfixtures.sh" "$FX" >/dev/null
 printf 'driver-root = "%s/driver"\ndev-root = "%s"\nproc-root = "%s/proc"\nsys-root = "%s/sys"\n' "$FX" "$FX" "$FX" "$FX" > "$FX/config.toml"
-(cd "$ROOT" && cargo build --release --locked -q)
-exec python3 "$HERE/bench.py" --nvhook "$ROOT/target/release/nvhook" --rootfs-tar "$FX/rootfs-debian.tar" \
+# NVHOOK_BIN: time another build (the CI smoke test uses the debug build it already has)
+BIN=${NVHOOK_BIN:-}
+if [ -z "$BIN" ]; then
+    (cd "$ROOT" && cargo build --release --locked -q)
+    BIN=$ROOT/target/release/nvhook
+fi
+exec python3 "$HERE/bench.py" --nvhook "$BIN" --rootfs-tar "$FX/rootfs-debian.tar" \
     --config "$FX/config.toml" --fake "${ARGS[@]}"
