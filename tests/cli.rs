@@ -208,3 +208,62 @@ fn a_non_gpu_container_passes_even_with_a_broken_config() {
     );
     assert!(!ok && err.contains("bad.toml"), "{err}");
 }
+
+#[test]
+fn a_driver_root_without_a_linker_cache_is_scanned() {
+    let fx = fixtures();
+    let copy = fx.dir.join("driver-nocache");
+    let _ = std::fs::remove_dir_all(&copy);
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(fx.dir.join("driver"))
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_file(copy.join("etc/ld.so.cache")).unwrap();
+    let cfg = fx.dir.join("config-nocache.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&fx.config).unwrap().replace(
+            &format!("{}/driver\"", fx.dir.display()),
+            &format!("{}\"", copy.display()),
+        ),
+    )
+    .unwrap();
+    let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], "true"));
+    let (ok, out, err) = nvhook_with(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "plan",
+            "--bundle",
+            b.dir.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    let sonames: Vec<&str> = plan["ldcache"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["soname"].as_str().unwrap())
+        .collect();
+    // sonames come from the libraries' own DT_SONAME; the stale 500.x compat copy is not taken
+    assert!(
+        sonames.contains(&"libcuda.so.1") && sonames.contains(&"libnvidia-ml.so.1"),
+        "{sonames:?}"
+    );
+    let v = &fx.version;
+    assert!(
+        out.contains(&format!(
+            "{}/usr/lib/x86_64-linux-gnu/libcuda.so.{v}",
+            copy.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("compat/libcuda"), "{out}");
+}

@@ -279,3 +279,20 @@ fn registered_as_create_runtime_hook() {
     );
     assert!(r.has("cuda-rc:0"), "{}", r.stdout);
 }
+
+#[test]
+fn no_cgroups_leaves_the_device_cgroup_alone() {
+    let fx = fixtures();
+    let cfg = fx.dir.join("config-no-cgroups.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&fx.config).unwrap() + "no-cgroups = true\n",
+    )
+    .unwrap();
+    let mut s = Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], REPORT);
+    s.config = Some(cfg);
+    let r = run_checked("runc", &s).expect_ok("runc no-cgroups");
+    // the node is there, but the runtime's default policy still denies it: nvhook granted nothing
+    assert!(nodes(&r).contains(&"nvidia1"), "{}", r.stdout);
+    assert!(r.has("/probe-nodes/gpu-kmsg: EPERM"), "{}", r.stdout);
+}
