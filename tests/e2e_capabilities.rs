@@ -9,16 +9,6 @@ fn run(env: &[&str], script: &str) -> Run {
     run_checked("runc", &Spec::new(env, script)).expect_ok("runc")
 }
 
-fn ldcache(b: &Bundle) -> String {
-    let o = std::process::Command::new("ldconfig")
-        .arg("-p")
-        .arg("-C")
-        .arg(b.rootfs().join("etc/ld.so.cache"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 const FILES: &str = "for f in /etc/vulkan/icd.d/nvidia_icd.json /usr/share/glvnd/egl_vendor.d/10_nvidia.json \
     /usr/share/egl/egl_external_platform.d/15_nvidia_gbm.json /etc/X11/xorg.conf.d/10-nvidia.conf \
     /usr/lib/xorg/modules/drivers/nvidia_drv.so /usr/lib/xorg/modules/extensions/libglxserver_nvidia.so \
@@ -151,7 +141,7 @@ fn compat32_libraries_are_in_the_linker_cache_as_32_bit() {
         "true",
     ));
     run_oci("runc", &b).expect_ok("runc");
-    let c = ldcache(&b);
+    let c = ldcache_listing(&b);
     assert!(
         c.contains("libcuda.so.1 (libc6) => /usr/lib/i386-linux-gnu/libcuda.so.1"),
         "{c}"

@@ -4,10 +4,7 @@ mod common;
 
 use common::*;
 
-const REPORT: &str = "\
-for n in nvidia0 nvidia1 nvidiactl nvidia-uvm; do [ -e /dev/$n ] && echo node:$n; done; \
-probe cuda; echo cuda-rc:$?; nvidia-smi >/dev/null 2>&1 && echo smi:ok; \
-probe open /probe-nodes/gpu-fuse /probe-nodes/gpu-kmsg /probe-nodes/other; true";
+const REPORT: &str = SHORT_REPORT;
 
 fn crun(env: &[&str]) -> Run {
     run_checked("crun", &Spec::new(env, REPORT)).expect_ok("crun container")

@@ -5,10 +5,7 @@ mod common;
 
 use common::*;
 
-const REPORT: &str = "\
-for n in nvidia0 nvidia1 nvidiactl nvidia-uvm; do [ -e /dev/$n ] && echo node:$n; done; \
-probe cuda; echo cuda-rc:$?; nvidia-smi >/dev/null 2>&1 && echo smi:ok; \
-probe open /probe-nodes/gpu-fuse /probe-nodes/gpu-kmsg /probe-nodes/other; true";
+const REPORT: &str = SHORT_REPORT;
 
 const DEBIAN: &str = DEBIAN_IMAGE;
 

@@ -220,13 +220,7 @@ fn libraries_resolve_through_the_containers_linker_cache() {
     let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=all"], "probe cuda"));
     run_oci("runc", &b).expect_ok("runc");
     // glibc's own reader of the cache nvhook wrote
-    let o = std::process::Command::new("ldconfig")
-        .arg("-p")
-        .arg("-C")
-        .arg(b.rootfs().join("etc/ld.so.cache"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = ldcache_listing(&b);
     assert!(
         text.contains("libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1"),
         "{text}"

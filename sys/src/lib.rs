@@ -63,6 +63,15 @@ struct MountAttr {
 /// Set mount attributes (`MOUNT_ATTR_*`) on the mount `fd` refers to (a detached tree from
 /// [`open_tree_clone`]), before it becomes visible anywhere.
 pub fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    setattr(fd, attr_set, 0)
+}
+
+/// Like [`mount_setattr`], over the whole tree below `fd` (`AT_RECURSIVE`).
+pub fn mount_setattr_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    setattr(fd, attr_set, AT_RECURSIVE)
+}
+
+fn setattr(fd: BorrowedFd<'_>, attr_set: u64, extra_flags: u32) -> io::Result<()> {
     let attr = MountAttr {
         attr_set,
         attr_clr: 0,
@@ -76,7 +85,7 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_EMPTY_PATH as u32,
+            libc::AT_EMPTY_PATH as u32 | extra_flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -324,29 +333,6 @@ pub fn tmpfs_detached(mode: &str, size: &str, attrs: u64) -> io::Result<OwnedFd>
     })?;
     // SAFETY: no pointers; fs is valid.
     owned(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })
-}
-
-/// Like [`mount_setattr`], over the whole tree below `fd` (`AT_RECURSIVE`).
-pub fn mount_setattr_recursive(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let empty = c"";
-    // SAFETY: `empty` and `attr` are valid for the call; the size passed is attr's own size.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })
-    .map(drop)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -450,3 +450,21 @@ pub fn podman() -> &'static Podman {
         p
     })
 }
+
+/// What glibc's own ldconfig reads from a bundle's linker cache (`ldconfig -p -C`).
+pub fn ldcache_listing(b: &Bundle) -> String {
+    let o = Command::new("ldconfig")
+        .arg("-p")
+        .arg("-C")
+        .arg(b.rootfs().join("etc/ld.so.cache"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A short report of what a container sees, for the runtime tests: its GPU nodes, whether the
+/// CUDA probe and nvidia-smi work, and which image-carried nodes the device cgroup allows.
+pub const SHORT_REPORT: &str = "\
+for n in nvidia0 nvidia1 nvidiactl nvidia-uvm; do [ -e /dev/$n ] && echo node:$n; done; \
+probe cuda; echo cuda-rc:$?; nvidia-smi >/dev/null 2>&1 && echo smi:ok; \
+probe open /probe-nodes/gpu-fuse /probe-nodes/gpu-kmsg /probe-nodes/other; true";
