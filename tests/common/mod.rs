@@ -166,6 +166,8 @@ impl Run {
 pub enum Stage {
     Prestart,
     CreateRuntime,
+    /// no hook at all (reference runs)
+    None,
 }
 
 /// A runc/crun bundle with its own copy of a rootfs.
@@ -270,10 +272,13 @@ pub fn bundle(spec: &Spec<'_>) -> Bundle {
         "env": hook_env,
     }]);
     let stage = match spec.stage {
-        Stage::Prestart => "prestart",
-        Stage::CreateRuntime => "createRuntime",
+        Stage::Prestart => Some("prestart"),
+        Stage::CreateRuntime => Some("createRuntime"),
+        Stage::None => None,
     };
-    c["hooks"] = json!({ stage: hook });
+    if let Some(stage) = stage {
+        c["hooks"] = json!({ stage: hook });
+    }
     std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
     Bundle { dir, id }
 }
