@@ -212,27 +212,8 @@ fn a_non_gpu_container_passes_even_with_a_broken_config() {
 #[test]
 fn a_driver_root_without_a_linker_cache_is_scanned() {
     let fx = fixtures();
-    let copy = fx.dir.join("driver-nocache");
-    let _ = std::fs::remove_dir_all(&copy);
-    assert!(
-        Command::new("cp")
-            .arg("-a")
-            .arg(fx.dir.join("driver"))
-            .arg(&copy)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let (copy, cfg) = driver_copy("nocache");
     std::fs::remove_file(copy.join("etc/ld.so.cache")).unwrap();
-    let cfg = fx.dir.join("config-nocache.toml");
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&fx.config).unwrap().replace(
-            &format!("{}/driver\"", fx.dir.display()),
-            &format!("{}\"", copy.display()),
-        ),
-    )
-    .unwrap();
     let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], "true"));
     let (ok, out, err) = nvhook_with(
         &[

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -45,31 +43,12 @@ fn a_broken_driver_tree_is_a_clear_error() {
     let fx = fixtures();
     let v = fx.version.clone();
     for (name, breakage) in [("missing", "rm"), ("dangling", "ln")] {
-        let copy = fx.dir.join(format!("driver-broken-{name}"));
-        let _ = std::fs::remove_dir_all(&copy);
-        assert!(
-            Command::new("cp")
-                .arg("-a")
-                .arg(fx.dir.join("driver"))
-                .arg(&copy)
-                .status()
-                .unwrap()
-                .success()
-        );
+        let (copy, cfg) = driver_copy(&format!("broken-{name}"));
         let lib = copy.join(format!("usr/lib/x86_64-linux-gnu/libcuda.so.{v}"));
         std::fs::remove_file(&lib).unwrap();
         if breakage == "ln" {
             std::os::unix::fs::symlink("libcuda.so.does-not-exist", &lib).unwrap();
         }
-        let cfg = fx.dir.join(format!("config-broken-{name}.toml"));
-        std::fs::write(
-            &cfg,
-            std::fs::read_to_string(&fx.config).unwrap().replace(
-                &format!("{}/driver\"", fx.dir.display()),
-                &format!("{}\"", copy.display()),
-            ),
-        )
-        .unwrap();
         let mut s = Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], "echo started");
         s.config = Some(cfg);
         let r = run_checked("runc", &s);

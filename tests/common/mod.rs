@@ -473,3 +473,25 @@ pub const SHORT_REPORT: &str = "\
 for n in nvidia0 nvidia1 nvidiactl nvidia-uvm; do [ -e /dev/$n ] && echo node:$n; done; \
 probe cuda; echo cuda-rc:$?; nvidia-smi >/dev/null 2>&1 && echo smi:ok; \
 probe open /probe-nodes/gpu-fuse /probe-nodes/gpu-kmsg /probe-nodes/other; true";
+
+/// A copy of the fixture driver root named `name`, and a config that uses it instead of the
+/// original (for tests that break the driver tree).
+pub fn driver_copy(name: &str) -> (PathBuf, PathBuf) {
+    let fx = fixtures();
+    let copy = fx.dir.join(format!("driver-{name}"));
+    let _ = std::fs::remove_dir_all(&copy);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(fx.dir.join("driver"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success(), "copying the fixture driver tree");
+    let cfg = fx.dir.join(format!("config-{name}.toml"));
+    let text = std::fs::read_to_string(&fx.config).unwrap().replace(
+        &format!("{}/driver\"", fx.dir.display()),
+        &format!("{}\"", copy.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    (copy, cfg)
+}
