@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::apply::{self, cgroup::DeviceCgroup, namespace::MountNamespace};
+use crate::apply::{self, cgroup::DeviceCgroup, namespace::MountNamespace, userns::Privilege};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -78,7 +78,11 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
 
     let pid = container.pid.ok_or(Error::NoPid)?;
     let ns = MountNamespace::of_pid(pid)?;
+    let privilege = Privilege::detect()?;
     let cgroup = if config.no_cgroups {
+        None
+    } else if privilege.in_user_namespace() {
+        log::info!("{}", apply::userns::CGROUP_NOTE);
         None
     } else {
         Some(DeviceCgroup::open(pid, container.cgroups_path.as_deref())?)
@@ -92,6 +96,10 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     let compat = compat_of(&req, &rootfs);
     let plan = nvidia::plan(&req, &inv, &layout, compat.as_ref());
     t.mark("plan");
+    if privilege.in_user_namespace() {
+        apply::userns::preflight(&plan, &container.user, privilege)?;
+        t.mark("rootless_check");
+    }
     apply::mounts(&plan, &rootfs)?;
     apply::tmpfs_dirs(&plan, &rootfs)?;
     t.mark("mounts");
