@@ -162,14 +162,18 @@ fn access_names(a: AccessFlags) -> String {
 /// process in this user namespace. Errors name every node or file that would not.
 pub fn preflight(plan: &Plan, user: &ProcessUser, privilege: Privilege) -> Result<(), Error> {
     let needs = needs(plan);
-    for n in needs.iter().filter(|n| n.device) {
-        if statvfs(&n.host).is_ok_and(|s| s.flags().contains(FsFlags::ST_NODEV)) {
-            return Err(Error::Rootless {
-                what: format!("device node {} (for {})", n.host.display(), n.target),
-                reason: "it lies on a host mount with nodev, a flag that a user namespace cannot lift: the node would be present in the container but could not be opened".into(),
-                hint: "give dev-root a directory on a mount without nodev (the host's /dev is one)".into(),
-            });
-        }
+    let nodev: Vec<String> = needs
+        .iter()
+        .filter(|n| n.device)
+        .filter(|n| statvfs(&n.host).is_ok_and(|s| s.flags().contains(FsFlags::ST_NODEV)))
+        .map(|n| n.host.display().to_string())
+        .collect();
+    if !nodev.is_empty() {
+        return Err(Error::Rootless {
+            what: format!("device node(s) {}", nodev.join(", ")),
+            reason: "they lie on a host mount with nodev, a flag that a user namespace cannot lift: they would be present in the container but could not be opened".into(),
+            hint: "give dev-root a directory on a mount without nodev (the host's /dev is one)".into(),
+        });
     }
     let (optional, denied): (Vec<_>, Vec<_>) = denied_to(user, &needs)?
         .into_iter()

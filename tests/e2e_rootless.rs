@@ -1,0 +1,419 @@
+//! End to end under rootless podman: a non-root user (`nvhooktest`, created here if missing,
+//! with /etc/subuid and /etc/subgid ranges) runs `podman run` with nvhook from a hooks dir.
+//! podman runs the hook as root of the user's user namespace; nvhook must give the container
+//! its GPU without touching the device cgroup, and refuse with a clear message what the user
+//! cannot have (a node it may not open, a node on a nodev mount).
+//!
+//! The test itself runs as root (to create the user, device nodes and a nodev mount); every
+//! container is started by the user through `runuser`. Everything the user needs (driver tree,
+//! nodes, the nvhook binary, the config, podman's storage) lives under /var/tmp, which any user
+//! can traverse, whatever the mode of the directory this repository was cloned into.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use common::*;
+use serde_json::{Value, json};
+
+const USER: &str = "nvhooktest";
+/// A group that owns the "group" variant of the nodes; the user is a member.
+const GROUP: &str = "nvhookgpu";
+const IMAGE: &str = "localhost/nvhook-test:debian";
+
+fn sh(script: &str) -> std::process::Output {
+    Command::new("sh").arg("-c").arg(script).output().unwrap()
+}
+
+fn sh_ok(script: &str) {
+    let o = sh(script);
+    assert!(
+        o.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The user, its subordinate id ranges and its group (idempotent).
+fn ensure_user() -> u32 {
+    sh_ok(&format!(
+        "getent group {GROUP} >/dev/null || groupadd {GROUP}; \
+         id -u {USER} >/dev/null 2>&1 || useradd --no-create-home --home-dir /nonexistent --shell /bin/sh {USER}; \
+         usermod -aG {GROUP} {USER}; \
+         touch /etc/subuid /etc/subgid; \
+         grep -q '^{USER}:' /etc/subuid || usermod --add-subuids 400000-465535 {USER}; \
+         grep -q '^{USER}:' /etc/subgid || usermod --add-subgids 400000-465535 {USER}"
+    ));
+    let o = sh(&format!("id -u {USER}"));
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+struct Rootless {
+    dir: PathBuf,
+    uid: u32,
+    xdg: PathBuf,
+}
+
+fn chown_user(path: &Path, uid: u32) {
+    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+}
+
+/// Copy `src` (a fixture tree) into `dst` as root, keeping device nodes and modes.
+fn copy(src: &Path, dst: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", src.display(), dst.display());
+}
+
+/// A hooks dir registering the packaged hooks.d file with our binary and `config`.
+fn hooks_dir(dir: &Path, name: &str, config: &Path) -> PathBuf {
+    let hooks = dir.join(format!("hooks-{name}.d"));
+    std::fs::create_dir_all(&hooks).unwrap();
+    let packaged: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks.d/nvhook.json")).unwrap(),
+    )
+    .unwrap();
+    let mut hook = packaged;
+    hook["hook"]["path"] = json!(dir.join("nvhook"));
+    hook["hook"]["args"] = json!(["nvhook", "--config", config, "prestart"]);
+    hook["hook"]["env"] = json!(["NVHOOK_LOG=info"]);
+    std::fs::write(
+        hooks.join("nvhook.json"),
+        serde_json::to_vec(&hook).unwrap(),
+    )
+    .unwrap();
+    hooks
+}
+
+/// A config whose dev-root is `dev_root` (holding `dev/`).
+fn config(dir: &Path, name: &str, dev_root: &Path) -> PathBuf {
+    let path = dir.join(format!("config-{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "driver-root = \"{0}/driver\"\ndev-root = \"{1}\"\nproc-root = \"{0}/proc\"\nsys-root = \"{0}/sys\"\n",
+            dir.display(),
+            dev_root.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn rootless() -> &'static Rootless {
+    static R: OnceLock<Rootless> = OnceLock::new();
+    R.get_or_init(|| {
+        require_tool("podman", "podman");
+        require_tool("crun", "crun");
+        require_tool("newuidmap", "uidmap");
+        require_tool("runuser", "util-linux");
+        prepare_host();
+        let fx = fixtures();
+        let uid = ensure_user();
+        let xdg = PathBuf::from(format!("/run/nvhook-rootless-{uid}"));
+        // The previous run's rootless podman left its pause process (it holds the user's
+        // namespaces); end it by its pid file before its runtime directory is removed.
+        if let Ok(pid) = std::fs::read_to_string(xdg.join("libpod/tmp/pause.pid")) {
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let dir = PathBuf::from("/var/tmp/nvhook-rootless-test");
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(dir.join("nodev"))
+            .stderr(Stdio::null())
+            .status();
+        for d in [&dir, &xdg] {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
+        chown_user(&xdg, uid);
+        for t in ["driver", "proc", "sys", "dev", "rootfs-debian.tar"] {
+            copy(&fx.dir.join(t), &dir.join(t));
+        }
+        copy(Path::new(nvhook()), &dir.join("nvhook"));
+        // Device-node variants: owned by root and a group of the user (0660), root's alone (0600)
+        for (name, mode, group) in [("group", "660", GROUP), ("private", "600", "root")] {
+            let root = dir.join(format!("dev-{name}"));
+            std::fs::create_dir_all(&root).unwrap();
+            copy(&fx.dir.join("dev"), &root.join("dev"));
+            sh_ok(&format!(
+                "chgrp {group} {0}/dev/nvidia* && chmod {mode} {0}/dev/nvidia*",
+                root.display()
+            ));
+        }
+        for d in ["home", "storage"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+            chown_user(&dir.join(d), uid);
+        }
+        std::fs::create_dir_all(dir.join("nodev")).unwrap();
+        let r = Rootless { dir, uid, xdg };
+        // The first podman command starts the user's pause process, whose mount namespace every
+        // later podman command joins. It is started in a private mount namespace of its own
+        // holding a nodev tmpfs with copies of the nodes, so the nodev case has its mount
+        // without the host's mount table ever changing.
+        let mut import = Command::new("unshare");
+        import
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs -o nodev,mode=755 nvhook-nodev {0}/nodev && cp -a {0}/dev {0}/nodev/dev && exec \"$@\"",
+                r.dir.display()
+            ))
+            .arg("sh");
+        let podman = r.podman();
+        import
+            .arg(podman.get_program())
+            .args(podman.get_args())
+            .arg("import")
+            .arg(r.dir.join("rootfs-debian.tar"))
+            .arg(IMAGE)
+            .current_dir(&r.dir);
+        let o = import.output().unwrap();
+        assert!(
+            o.status.success(),
+            "rootless podman import: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        r
+    })
+}
+
+impl Rootless {
+    /// `podman` as the user, with its own storage (vfs: needs neither fuse-overlayfs nor
+    /// kernel support for unprivileged overlay).
+    fn podman(&self) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", USER, "--", "env"])
+            .arg(format!("HOME={}", self.dir.join("home").display()))
+            .arg(format!("XDG_RUNTIME_DIR={}", self.xdg.display()))
+            .arg("podman")
+            .arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.xdg.join("storage"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// The host's mounts that a leak of this test's mounts would show: anything under the test's
+    /// directory or the fixtures, or named like a GPU file. (Other podman containers on the
+    /// machine come and go in the full table; rootless containers add none to it.)
+    fn host_mounts(&self) -> Vec<String> {
+        let (dir, fx) = (self.dir.to_string_lossy(), fixtures().dir.to_string_lossy());
+        host_mounts()
+            .into_iter()
+            .filter(|m| m.contains(dir.as_ref()) || m.contains(fx.as_ref()) || m.contains("nvidia"))
+            .collect()
+    }
+
+    /// A hooks dir whose nvhook uses the fixture nodes under `dev_root` (the plain ones: 0666).
+    fn hooks(&self, name: &str, dev_root: &Path) -> PathBuf {
+        let cfg = config(&self.dir, name, dev_root);
+        hooks_dir(&self.dir, name, &cfg)
+    }
+
+    fn run(&self, hooks: &Path, env: &[&str], extra: &[&str], script: &str) -> Run {
+        let _g = serial();
+        self.run_serialized(hooks, env, extra, script)
+    }
+
+    /// [`Rootless::run`] for a caller that holds [`serial`] already.
+    fn run_serialized(&self, hooks: &Path, env: &[&str], extra: &[&str], script: &str) -> Run {
+        let before = self.host_mounts();
+        let mut c = self.podman();
+        c.args(["run", "--rm", "--network", "none"])
+            .arg("--hooks-dir")
+            .arg(hooks);
+        for e in env {
+            c.args(["-e", e]);
+        }
+        let o = c
+            .args(extra)
+            .arg(IMAGE)
+            .args(["/bin/sh", "-c", script])
+            .output()
+            .unwrap();
+        let r = Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        assert_eq!(
+            before,
+            self.host_mounts(),
+            "the host's mount table changed:\n{}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        r
+    }
+}
+
+/// What the container reports: that it is in a user namespace, its GPU nodes and whether they
+/// open (nvidiactl's major has no driver: ENXIO means the device cgroup let the open through),
+/// libcuda by soname through the linker cache, nvidia-smi, and the flags of the bind mounts.
+const REPORT: &str = "\
+head -n1 /proc/self/uid_map | tr -s ' ' | sed 's/^ /uidmap:/'; \
+for n in nvidia0 nvidia1 nvidiactl; do [ -e /dev/$n ] && echo node:$n; done; \
+probe open /dev/nvidia1 /dev/nvidiactl; probe cuda; echo cuda-rc:$?; \
+nvidia-smi >/dev/null 2>&1 && echo smi:ok; \
+grep -E ' /dev/nvidia1 | /usr/lib/[^ ]*/libcuda[.]so[.][0-9]+[.]' /proc/self/mountinfo | cut -d' ' -f5,6; true";
+
+fn mount_opts<'a>(r: &'a Run, target_suffix: &str) -> &'a str {
+    r.stdout
+        .lines()
+        .find(|l| {
+            l.split(' ')
+                .next()
+                .is_some_and(|t| t.ends_with(target_suffix))
+        })
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or_else(|| panic!("no mount for {target_suffix}:\n{}", r.stdout))
+}
+
+#[test]
+fn one_gpu_in_a_rootless_container() {
+    let rl = rootless();
+    let hooks = rl.hooks("plain", &rl.dir);
+    let r = rl
+        .run(&hooks, &["NVIDIA_VISIBLE_DEVICES=0"], &[], REPORT)
+        .expect_ok("rootless podman");
+    // really rootless: the container's root is the user
+    assert!(
+        r.has(&format!("uidmap:0 {} 1", rl.uid)),
+        "not in the user's namespace:\n{}",
+        r.stdout
+    );
+    // GPU index 0 is minor 1: /dev/nvidia1 and nothing of the other GPU
+    assert!(
+        r.has("node:nvidia1") && !r.has("node:nvidia0") && r.has("node:nvidiactl"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.has("/dev/nvidia1: ok") && r.has("/dev/nvidiactl: ENXIO"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.has("path=/usr/lib/x86_64-linux-gnu/libcuda.so.1")
+            && r.has("cuInit=0 devices=1")
+            && r.has("cuda-rc:0")
+            && r.has("smi:ok"),
+        "{}",
+        r.stdout
+    );
+    // the bind mounts carry the flags nvhook set, even in a user namespace
+    let node = mount_opts(&r, "/dev/nvidia1");
+    assert!(
+        node.contains("ro") && node.contains("nosuid") && !node.contains("nodev"),
+        "{node}"
+    );
+    let lib = mount_opts(&r, &format!("/libcuda.so.{}", fixtures().version));
+    assert!(
+        lib.contains("ro") && lib.contains("nosuid") && lib.contains("nodev"),
+        "{lib}"
+    );
+}
+
+#[test]
+fn no_request_no_change_rootless() {
+    let rl = rootless();
+    let hooks = rl.hooks("plain", &rl.dir);
+    let r = rl
+        .run(&hooks, &[], &[], REPORT)
+        .expect_ok("rootless podman, no GPU");
+    assert!(
+        !r.has("node:") && r.has("cuda: dlopen failed"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_node_the_user_cannot_open_stops_the_container_with_the_reason() {
+    let rl = rootless();
+    let hooks = rl.hooks("private", &rl.dir.join("dev-private"));
+    let r = rl.run(&hooks, &["NVIDIA_VISIBLE_DEVICES=0"], &[], "echo started");
+    assert!(!r.ok && !r.has("started"), "{}\n{}", r.stdout, r.stderr);
+    let node = rl.dir.join("dev-private/dev/nvidia1");
+    assert!(
+        r.stderr.contains("nvhook: error: rootless:")
+            && r.stderr.contains(&format!("{} (mode 0600", node.display()))
+            && r.stderr.contains(&format!("host uid {}", rl.uid))
+            && r.stderr.contains("NVreg_DeviceFileMode"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn group_owned_nodes_need_keep_groups() {
+    let rl = rootless();
+    let hooks = rl.hooks("group", &rl.dir.join("dev-group"));
+    let r = rl.run(&hooks, &["NVIDIA_VISIBLE_DEVICES=0"], &[], "echo started");
+    assert!(!r.ok && !r.has("started"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("nvidia1 (mode 0660") && r.stderr.contains("--group-add keep-groups"),
+        "{}",
+        r.stderr
+    );
+    let r = rl
+        .run(
+            &hooks,
+            &["NVIDIA_VISIBLE_DEVICES=0"],
+            &["--group-add", "keep-groups"],
+            REPORT,
+        )
+        .expect_ok("rootless podman --group-add keep-groups");
+    assert!(
+        r.has("/dev/nvidia1: ok") && r.has("cuda-rc:0"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// A host mount's nodev is locked in a user namespace: a node there would be unusable in the
+/// container, so nvhook refuses before mounting anything. The nodev mount exists only in the
+/// user's namespaces (see [`rootless`]).
+#[test]
+fn a_node_on_a_nodev_mount_is_refused() {
+    let rl = rootless();
+    let hooks = rl.hooks("nodev", &rl.dir.join("nodev"));
+    let r = rl.run(&hooks, &["NVIDIA_VISIBLE_DEVICES=0"], &[], "echo started");
+    assert!(!r.ok && !r.has("started"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "nvhook: error: rootless: device node(s) {0}/nodev/dev/nvidiactl, {0}/nodev/dev/nvidia-uvm",
+            rl.dir.display()
+        )) && r.stderr.contains(&format!("{}/nodev/dev/nvidia1", rl.dir.display()))
+            && r
+            .stderr
+            .contains("nodev, a flag that a user namespace cannot lift"),
+        "{}",
+        r.stderr
+    );
+}
