@@ -417,3 +417,41 @@ fn a_node_on_a_nodev_mount_is_refused() {
         r.stderr
     );
 }
+
+/// `--userns=keep-id`: the container runs as the user's own uid in a nested user namespace; the
+/// spec's uid/gid mappings translate it (to root of the user's namespace, i.e. the user), so the
+/// check judges the right credentials both ways.
+#[test]
+fn keep_id_containers() {
+    let rl = rootless();
+    let hooks = rl.hooks("plain", &rl.dir);
+    let script = "id -u; probe open /dev/nvidia1; probe cuda; echo cuda-rc:$?";
+    let r = rl
+        .run(
+            &hooks,
+            &["NVIDIA_VISIBLE_DEVICES=0"],
+            &["--userns=keep-id"],
+            script,
+        )
+        .expect_ok("rootless podman --userns=keep-id");
+    assert!(
+        r.stdout.lines().next() == Some(rl.uid.to_string().as_str())
+            && r.has("/dev/nvidia1: ok")
+            && r.has("cuda-rc:0"),
+        "{}",
+        r.stdout
+    );
+    let hooks = rl.hooks("private", &rl.dir.join("dev-private"));
+    let r = rl.run(
+        &hooks,
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+        &["--userns=keep-id"],
+        "echo started",
+    );
+    assert!(
+        !r.ok && !r.has("started") && r.stderr.contains("dev-private/dev/nvidia1 (mode 0600"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+}
