@@ -79,14 +79,15 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     let pid = container.pid.ok_or(Error::NoPid)?;
     let ns = MountNamespace::of_pid(pid)?;
     let privilege = Privilege::detect()?;
-    let cgroup = if config.no_cgroups {
-        None
-    } else if privilege.in_user_namespace() {
-        log::info!("{}", apply::userns::CGROUP_NOTE);
+    let rootless = privilege.in_user_namespace();
+    let cgroup = if config.no_cgroups || rootless {
         None
     } else {
         Some(DeviceCgroup::open(pid, container.cgroups_path.as_deref())?)
     };
+    let policy = (rootless && !config.no_cgroups)
+        .then(|| apply::userns::device_policy(pid, container.cgroups_path.as_deref()))
+        .flatten();
     t.mark("cgroup_open");
     ns.enter()?;
     t.mark("setns");
@@ -96,8 +97,8 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     let compat = compat_of(&req, &rootfs);
     let plan = nvidia::plan(&req, &inv, &layout, compat.as_ref());
     t.mark("plan");
-    if privilege.in_user_namespace() {
-        apply::userns::preflight(&plan, &container.user, privilege)?;
+    if rootless {
+        apply::userns::preflight(&plan, &container.user, privilege, policy.as_ref())?;
         t.mark("rootless_check");
     }
     apply::mounts(&plan, &rootfs)?;

@@ -236,14 +236,35 @@ impl Rootless {
     }
 
     fn run(&self, hooks: &Path, env: &[&str], extra: &[&str], script: &str) -> Run {
-        let _g = serial();
-        self.run_serialized(hooks, env, extra, script)
+        self.run_in(None, hooks, env, extra, script)
     }
 
-    /// [`Rootless::run`] for a caller that holds [`serial`] already.
-    fn run_serialized(&self, hooks: &Path, env: &[&str], extra: &[&str], script: &str) -> Run {
+    /// `podman run` started in the v1 devices cgroup `cgroup` (podman, conmon and the container
+    /// stay in their starter's cgroup: a rootless podman on cgroup v1 creates none).
+    fn run_in(
+        &self,
+        cgroup: Option<&Path>,
+        hooks: &Path,
+        env: &[&str],
+        extra: &[&str],
+        script: &str,
+    ) -> Run {
+        let _g = serial();
         let before = self.host_mounts();
-        let mut c = self.podman();
+        let podman = self.podman();
+        let mut c = match cgroup {
+            Some(cg) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(cg.join("cgroup.procs"))
+                    .arg(podman.get_program())
+                    .args(podman.get_args())
+                    .current_dir(&self.dir)
+                    .stdin(Stdio::null());
+                c
+            }
+            None => podman,
+        };
         c.args(["run", "--rm", "--network", "none"])
             .arg("--hooks-dir")
             .arg(hooks);
@@ -453,5 +474,93 @@ fn keep_id_containers() {
         "{}\n{}",
         r.stdout,
         r.stderr
+    );
+}
+
+/// A v1 device cgroup for the rootless podman to start in: deny everything, then allow `allow`.
+struct DeviceCgroupV1(PathBuf);
+
+impl DeviceCgroupV1 {
+    fn new(name: &str, allow: &[&str]) -> DeviceCgroupV1 {
+        let root = Path::new("/sys/fs/cgroup/devices");
+        assert!(
+            root.join("devices.allow").exists(),
+            "this test needs the cgroup v1 devices hierarchy at {} (a hybrid cgroup host, as CI is)",
+            root.display()
+        );
+        let dir = root.join(format!("nvhook-rootless-{name}"));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("devices.deny"), "a").unwrap();
+        for a in allow {
+            std::fs::write(dir.join("devices.allow"), a).unwrap();
+        }
+        DeviceCgroupV1(dir)
+    }
+}
+
+impl Drop for DeviceCgroupV1 {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// What podman, conmon and a container need besides the GPU: null, zero, full, random, urandom
+/// (and kmsg, the fake nvidia1), tty, console, ptmx, ptys.
+const BASE_DEVICES: [&str; 3] = ["c 1:* rwm", "c 5:* rwm", "c 136:* rwm"];
+
+/// nvhook cannot change a device cgroup from a user namespace, but on cgroup v1 it can read the
+/// policy: a policy that would deny the GPU's nodes stops the container with the reason; one
+/// that allows them works.
+#[test]
+fn a_v1_device_policy_is_read_not_changed() {
+    let rl = rootless();
+    let hooks = rl.hooks("plain", &rl.dir);
+    let deny = DeviceCgroupV1::new("deny", &BASE_DEVICES);
+    let r = rl.run_in(
+        Some(&deny.0),
+        &hooks,
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+        &[],
+        "echo started",
+    );
+    assert!(!r.ok && !r.has("started"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(
+            "nvhook: error: rootless: device cgroup v1 /sys/fs/cgroup/devices/nvhook-rootless-deny"
+        ) && r.stderr.contains("does not allow c 120:255")
+            && !r.stderr.contains("c 1:11"),
+        "{}",
+        r.stderr
+    );
+    // the policy is as it was: nvhook wrote nothing
+    let list = std::fs::read_to_string(deny.0.join("devices.list")).unwrap();
+    assert!(!list.contains("120:"), "{list}");
+    drop(deny);
+
+    let mut allow = BASE_DEVICES.to_vec();
+    allow.push("c 120:* rw");
+    let allow = DeviceCgroupV1::new("allow", &allow);
+    let r = rl
+        .run_in(
+            Some(&allow.0),
+            &hooks,
+            &["NVIDIA_VISIBLE_DEVICES=0"],
+            &[],
+            &format!("{REPORT}; grep :devices: /proc/self/cgroup"),
+        )
+        .expect_ok("rootless podman in a device cgroup that allows the GPU");
+    assert!(
+        r.has("devices:/nvhook-rootless-allow")
+            && r.has("/dev/nvidia1: ok")
+            && r.has("/dev/nvidiactl: ENXIO")
+            && r.has("cuda-rc:0"),
+        "{}",
+        r.stdout
     );
 }

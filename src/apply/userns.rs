@@ -27,8 +27,9 @@ use std::path::PathBuf;
 use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::unistd::{AccessFlags, Gid, Uid};
 
+use super::cgroup::DeviceCgroup;
 use crate::error::Error;
-use crate::plan::Plan;
+use crate::plan::{DeviceRule, Plan};
 use crate::state::ProcessUser;
 
 /// Where nvhook runs.
@@ -158,9 +159,80 @@ fn access_names(a: AccessFlags) -> String {
     .join("+")
 }
 
+/// The container's v1 device policy, as far as it can be read from a user namespace: the
+/// cgroup's description and its `devices.list`. `None` (with an info log) where there is none to
+/// read: cgroup v2, whose device programs only the initial namespace may query.
+pub fn device_policy(pid: i32, cgroups_path: Option<&str>) -> Option<(String, String)> {
+    let cg = match DeviceCgroup::open(pid, cgroups_path) {
+        Ok(cg) => cg,
+        Err(e) => {
+            log::info!("{CGROUP_NOTE} ({e})");
+            return None;
+        }
+    };
+    match cg.v1_list() {
+        Some(Ok(list)) => {
+            log::info!("{CGROUP_NOTE}; checking its v1 policy {}", cg.describe());
+            Some((cg.describe(), list))
+        }
+        Some(Err(e)) => {
+            log::info!("{CGROUP_NOTE}; its v1 policy is unreadable: {e}");
+            None
+        }
+        None => {
+            log::info!("{CGROUP_NOTE} ({})", cg.describe());
+            None
+        }
+    }
+}
+
+/// Does a v1 `devices.list` (`a *:* rwm`, `c 195:* rw`, ...) let the container read and write
+/// the device of `rule`?
+fn list_allows(list: &str, rule: &DeviceRule) -> bool {
+    let num = |f: &str, v: u64| f == "*" || f.parse::<u64>().is_ok_and(|n| n == v);
+    list.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let [kind, dev, access] = f[..] else {
+            return false;
+        };
+        let Some((maj, min)) = dev.split_once(':') else {
+            return false;
+        };
+        (kind == "a" || kind.starts_with(rule.kind.letter()))
+            && num(maj, rule.major)
+            && num(min, rule.minor)
+            && access.contains('r')
+            && access.contains('w')
+    })
+}
+
 /// Check, before anything is mounted, that what `plan` mounts will work for the container's
-/// process in this user namespace. Errors name every node or file that would not.
-pub fn preflight(plan: &Plan, user: &ProcessUser, privilege: Privilege) -> Result<(), Error> {
+/// process in this user namespace: the device policy (v1, when `policy` was read) lets the
+/// nodes through, and the process may use every node and file. Errors name what would not.
+pub fn preflight(
+    plan: &Plan,
+    user: &ProcessUser,
+    privilege: Privilege,
+    policy: Option<&(String, String)>,
+) -> Result<(), Error> {
+    if let Some((cgroup, list)) = policy {
+        let denied: Vec<String> = plan
+            .cgroup_rules
+            .iter()
+            .filter(|r| !list_allows(list, r))
+            .map(|r| r.to_string())
+            .collect();
+        if !denied.is_empty() {
+            return Err(Error::Rootless {
+                what: format!("device cgroup {cgroup}"),
+                reason: format!(
+                    "its policy (devices.list) does not allow {}, and nothing in a user namespace can change it",
+                    denied.join(", ")
+                ),
+                hint: "have root allow these devices in that cgroup (devices.allow) or one of its parents, or start podman from a cgroup without a device policy".into(),
+            });
+        }
+    }
     let needs = needs(plan);
     let nodev: Vec<String> = needs
         .iter()
@@ -339,6 +411,24 @@ mod tests {
             from_uid_map("1000 1000 1\n"),
             Privilege::UserNamespace { outside_uid: None }
         );
+    }
+
+    #[test]
+    fn v1_device_lists() {
+        let rule = |major, minor| DeviceRule {
+            kind: NodeType::Char,
+            major,
+            minor,
+        };
+        assert!(list_allows("a *:* rwm\n", &rule(195, 0)));
+        let list = "c 1:3 rwm\nc 195:* rw\nc 120:0 r\nb 120:1 rwm\nc 5:* m\ngarbage\nc x:1 rw\n";
+        assert!(list_allows(list, &rule(1, 3)));
+        assert!(list_allows(list, &rule(195, 7)));
+        assert!(!list_allows(list, &rule(120, 0)), "read only");
+        assert!(!list_allows(list, &rule(120, 1)), "block, not char");
+        assert!(!list_allows(list, &rule(5, 0)), "mknod only");
+        assert!(!list_allows(list, &rule(1, 11)));
+        assert!(!list_allows("", &rule(1, 3)));
     }
 
     #[test]
