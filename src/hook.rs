@@ -77,8 +77,8 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     t.mark("require");
 
     let pid = container.pid.ok_or(Error::NoPid)?;
-    let ns = MountNamespace::of_pid(pid)?;
     let privilege = Privilege::detect()?;
+    let ns = MountNamespace::of_pid(pid)?;
     let rootless = privilege.in_user_namespace();
     let cgroup = if config.no_cgroups || rootless {
         None

@@ -564,3 +564,43 @@ fn a_v1_device_policy_is_read_not_changed() {
         r.stdout
     );
 }
+
+/// nvhook run by a user outside any user namespace of its own (as a rootless runc or crun started
+/// directly runs its hooks) cannot mount anything: a clear error, before it touches anything.
+#[test]
+fn a_hook_without_privileges_says_so() {
+    let rl = rootless();
+    let bundle = rl.dir.join("bundle-direct");
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0},"env":["NVIDIA_VISIBLE_DEVICES=0"]}}"#,
+    )
+    .unwrap();
+    let state = format!(
+        r#"{{"ociVersion":"1.0.2","id":"direct","status":"created","pid":{},"bundle":"{}"}}"#,
+        std::process::id(),
+        bundle.display()
+    );
+    let mut c = Command::new("runuser");
+    c.args(["-u", USER, "--"])
+        .arg(rl.dir.join("nvhook"))
+        .arg("--config")
+        .arg(config(&rl.dir, "direct", &rl.dir))
+        .arg("prestart")
+        .current_dir(&rl.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), state.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("nvhook: error: rootless: nvhook (uid {})", rl.uid))
+            && err.contains("no CAP_SYS_ADMIN"),
+        "{err}"
+    );
+}

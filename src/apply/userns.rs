@@ -57,7 +57,7 @@ impl Privilege {
             return Err(Error::Rootless {
                 what: format!("nvhook (uid {})", nix::unistd::geteuid()),
                 reason: "it has no CAP_SYS_ADMIN in its user namespace, so it cannot mount into the container".into(),
-                hint: "run it as a hook of the runtime (root, or rootless podman, which runs hooks as root of the user's namespace), not by hand as a user".into(),
+                hint: "nvhook runs as a hook of a runtime running as root, or of rootless podman (which runs hooks as root of the user's namespace); a runtime started by a user that runs its hooks outside its user namespace (runc or crun run directly) cannot be served".into(),
             });
         }
         Ok(privilege)
