@@ -116,6 +116,12 @@ pub enum Error {
     },
     #[error("device cgroup: cannot find the container's cgroup: {reason}")]
     CgroupNotFound { reason: String },
+    #[error("rootless: {what}: {reason}; {hint}")]
+    Rootless {
+        what: String,
+        reason: String,
+        hint: String,
+    },
 
     // --- command line -------------------------------------------------------------------------
     #[error("{0}")]

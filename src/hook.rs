@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::apply::{self, cgroup::DeviceCgroup, namespace::MountNamespace};
+use crate::apply::{self, cgroup::DeviceCgroup, namespace::MountNamespace, userns::Privilege};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -77,12 +77,17 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     t.mark("require");
 
     let pid = container.pid.ok_or(Error::NoPid)?;
+    let privilege = Privilege::detect()?;
     let ns = MountNamespace::of_pid(pid)?;
-    let cgroup = if config.no_cgroups {
+    let rootless = privilege.in_user_namespace();
+    let cgroup = if config.no_cgroups || rootless {
         None
     } else {
         Some(DeviceCgroup::open(pid, container.cgroups_path.as_deref())?)
     };
+    let policy = (rootless && !config.no_cgroups)
+        .then(|| apply::userns::device_policy(pid, container.cgroups_path.as_deref()))
+        .flatten();
     t.mark("cgroup_open");
     ns.enter()?;
     t.mark("setns");
@@ -92,6 +97,10 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     let compat = compat_of(&req, &rootfs);
     let plan = nvidia::plan(&req, &inv, &layout, compat.as_ref());
     t.mark("plan");
+    if rootless {
+        apply::userns::preflight(&plan, &container.user, privilege, policy.as_ref())?;
+        t.mark("rootless_check");
+    }
     apply::mounts(&plan, &rootfs)?;
     apply::tmpfs_dirs(&plan, &rootfs)?;
     t.mark("mounts");

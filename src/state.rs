@@ -30,6 +30,50 @@ pub struct Container {
     pub privileged: bool,
     /// (source, destination) of every mount of the spec.
     pub mounts: Vec<(String, String)>,
+    /// Who the container's process will run as, in the runtime's user namespace.
+    pub user: ProcessUser,
+}
+
+/// The container process's credentials (`process.user`), translated through the spec's own
+/// `linux.uidMappings`/`gidMappings` when it asks for a user namespace of its own, so the ids
+/// are those of the namespace the runtime (and the hook) run in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// crun's `run.oci.keep_original_groups=1` (podman `--group-add keep-groups`): the process
+    /// keeps the supplementary groups of the user who started the runtime.
+    pub keep_groups: bool,
+}
+
+impl ProcessUser {
+    fn from_spec(spec: &Spec) -> ProcessUser {
+        let map = |id: u32, maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| match maps {
+            Some(ms) if !ms.is_empty() => ms
+                .iter()
+                .find(|m| id >= m.container_id() && id - m.container_id() < m.size())
+                .map_or(u32::MAX, |m| m.host_id() + (id - m.container_id())),
+            _ => id,
+        };
+        let linux = spec.linux().as_ref();
+        let uids = linux.and_then(|l| l.uid_mappings().as_ref());
+        let gids = linux.and_then(|l| l.gid_mappings().as_ref());
+        let user = spec.process().as_ref().map(|p| p.user());
+        ProcessUser {
+            uid: map(user.map_or(0, |u| u.uid()), uids),
+            gid: map(user.map_or(0, |u| u.gid()), gids),
+            additional_gids: user
+                .and_then(|u| u.additional_gids().as_ref())
+                .map(|g| g.iter().map(|g| map(*g, gids)).collect())
+                .unwrap_or_default(),
+            keep_groups: spec
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get("run.oci.keep_original_groups"))
+                .is_some_and(|v| v == "1"),
+        }
+    }
 }
 
 /// Parse the state JSON from a reader (the hook's stdin).
@@ -202,6 +246,7 @@ impl Container {
             user_namespace,
             privileged,
             mounts,
+            user: ProcessUser::from_spec(spec),
         })
     }
 }
@@ -254,5 +299,23 @@ mod tests {
         assert_eq!(c.rootfs, Path::new("/b/rootfs"));
         assert!(c.readonly_rootfs);
         assert_eq!(c.env, ["A=1", "NVIDIA_VISIBLE_DEVICES=all"]);
+        assert_eq!(c.user, ProcessUser::default());
+    }
+
+    #[test]
+    fn process_user_is_mapped_through_the_specs_own_user_namespace() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+                "annotations":{"run.oci.keep_original_groups":"1"},
+                "process":{"cwd":"/","args":["sh"],"user":{"uid":1000,"gid":5,"additionalGids":[5,7,70000]}},
+                "linux":{"uidMappings":[{"containerID":0,"hostID":1,"size":999},{"containerID":1000,"hostID":0,"size":1}],
+                         "gidMappings":[{"containerID":0,"hostID":100,"size":65536}]}}"#,
+        )
+        .unwrap();
+        let u = Container::from_spec(Path::new("/b"), &spec).unwrap().user;
+        assert_eq!((u.uid, u.gid), (0, 105));
+        // an id outside every range cannot be taken by the process: u32::MAX, never a real id
+        assert_eq!(u.additional_gids, [105, 107, u32::MAX]);
+        assert!(u.keep_groups);
     }
 }

@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust >= 1.85, e.g. from rustup.rs)" >&2; exit 1; }
 
-PKGS="runc crun podman conmon busybox-static build-essential iproute2 util-linux"
+PKGS="runc crun podman conmon busybox-static build-essential iproute2 util-linux uidmap catatonit"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -210,6 +210,22 @@ impl DeviceCgroup {
         }
     }
 
+    /// The v1 `devices.list` of the container's cgroup (its current policy), when it is in a v1
+    /// devices hierarchy. Readable without privileges, unlike v2 device programs.
+    pub fn v1_list(&self) -> Option<std::io::Result<String>> {
+        let (fd, _) = self.v1.as_ref()?;
+        Some(
+            openat(
+                fd.as_fd(),
+                "devices.list",
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|fd| std::io::read_to_string(std::fs::File::from(fd))),
+        )
+    }
+
     /// Allow `rules` (and nothing else) for the container.
     pub fn grant(&self, rules: &[DeviceRule]) -> Result<(), Error> {
         if rules.is_empty() {
