@@ -437,4 +437,3 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
     }
     result
 }
-
