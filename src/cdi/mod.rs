@@ -437,3 +437,6 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests;
