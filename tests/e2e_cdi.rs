@@ -16,24 +16,26 @@ const REPORT: &str = SHORT_REPORT;
 const CDI_DIR: &str = "/var/run/cdi";
 const MIG_B: &str = "MIG-bbbbbbbb-1111-2222-3333-444444444444";
 
+fn generate(extra: &[&str]) -> String {
+    let o = Command::new(nvhook())
+        .arg("--config")
+        .arg(&fixtures().config)
+        .args(["cdi", "generate", "--output", "-"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cdi generate: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
 /// The spec generated from the fixtures (once per test binary), as text.
 fn spec_text() -> &'static str {
     static S: OnceLock<String> = OnceLock::new();
-    S.get_or_init(|| {
-        let fx = fixtures();
-        let o = Command::new(nvhook())
-            .arg("--config")
-            .arg(&fx.config)
-            .args(["cdi", "generate", "--output", "-"])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "cdi generate: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    })
+    S.get_or_init(|| generate(&[]))
 }
 
 /// The spec installed in podman's CDI directory while a test runs. podman has no option for
@@ -50,7 +52,7 @@ impl Drop for Installed {
     }
 }
 
-fn install_spec() -> Installed {
+fn install_spec(text: &str) -> Installed {
     static LOCK: Mutex<()> = Mutex::new(());
     let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     std::fs::create_dir_all(CDI_DIR).unwrap();
@@ -66,13 +68,13 @@ fn install_spec() -> Installed {
         }
     }
     let path = Path::new(CDI_DIR).join(format!("nvhook-e2e-{}.json", std::process::id()));
-    std::fs::write(&path, spec_text()).unwrap();
+    std::fs::write(&path, text).unwrap();
     Installed { path, _lock: lock }
 }
 
 /// podman with `--device` for each CDI name, without nvhook's prestart hook.
 fn run_cdi(image: &str, devices: &[&str], extra: &[&str], script: &str) -> Run {
-    let _spec = install_spec();
+    let _spec = install_spec(spec_text());
     let mut args: Vec<String> = Vec::new();
     for d in devices {
         args.push("--device".into());
@@ -311,7 +313,7 @@ fn mig_device_by_index_and_uuid() {
 fn prestart_hook_stands_aside_for_cdi() {
     // nvhook's prestart hook registered as well, and the image asks for all GPUs: the spec's
     // NVIDIA_VISIBLE_DEVICES=void keeps the hook out, so the container has GPU 0 only
-    let _spec = install_spec();
+    let _spec = install_spec(spec_text());
     let r = podman()
         .run_checked(
             DEBIAN_IMAGE,
@@ -400,4 +402,43 @@ fn cdi_hook_refuses_a_state_without_a_host_pid() {
         );
     }
     assert!(!bundle.join("rootfs").exists(), "nothing was created");
+}
+
+#[test]
+fn every_capability_dri_nodes_and_links_per_device() {
+    let spec = generate(&["--capabilities", "all"]);
+    let _spec = install_spec(&spec);
+    // the same GPU named twice (index and UUID): the engine merges the edits, the hook's links
+    // are made twice without harm
+    let r = podman()
+        .run_checked_hooks(
+            false,
+            DEBIAN_IMAGE,
+            &[],
+            &[
+                "--device",
+                "nvidia.com/gpu=0",
+                "--device",
+                &format!("nvidia.com/gpu={GPU0_UUID}"),
+            ],
+            "ls -l /dev/dri /dev/dri/by-path /usr/lib/i386-linux-gnu; \
+             cat /etc/vulkan/icd.d/nvidia_icd.json; probe cuda",
+        )
+        .expect_ok("podman, all capabilities");
+    assert!(
+        r.has("pci-0000:3b:00.0-card -> ../card1")
+            && r.has("pci-0000:3b:00.0-render -> ../renderD129"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.has("226,   1") && r.has("renderD129"), "{}", r.stdout);
+    assert!(
+        r.has(&format!(
+            "libcuda.so.1 -> libcuda.so.{}",
+            fixtures().version
+        )) && r.has("libGLX_nvidia.so.0")
+            && r.has("cuInit=0 devices=1"),
+        "{}",
+        r.stdout
+    );
 }
