@@ -442,3 +442,48 @@ fn every_capability_dri_nodes_and_links_per_device() {
         r.stdout
     );
 }
+
+#[test]
+fn runc_alone_through_the_kits_cdi_injector() {
+    // tests/gpu/cdi-inject.py applies the spec to a bundle as an engine would: runc alone, with
+    // no nvhook prestart hook, starts the container the GPU kit starts on a real driver
+    require_tool("python3", "python3");
+    let fx = fixtures();
+    let spec = fx.dir.join("cdi-inject-spec.json");
+    std::fs::write(&spec, spec_text()).unwrap();
+    let mut s = Spec::new(&["NVIDIA_VISIBLE_DEVICES=all"], REPORT);
+    s.stage = Stage::None;
+    let _g = serial();
+    let b = bundle(&s);
+    let inject = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gpu/cdi-inject.py");
+    let o = Command::new("python3")
+        .arg(&inject)
+        .arg(&spec)
+        .arg(&b.dir)
+        .args(["0", "1:1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = host_mounts();
+    let r = run_oci("runc", &b).expect_ok("runc with the injected spec");
+    assert_eq!(before, host_mounts(), "the host's mount table changed");
+    // GPU 0 (node nvidia1) and MIG 1:1 (node nvidia0 and its caps); the image's
+    // NVIDIA_VISIBLE_DEVICES=all was replaced by void, so nothing else came in
+    assert!(
+        r.has("node:nvidia0") && r.has("node:nvidia1") && r.has("cuda-rc:0") && r.has("smi:ok"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.has("/probe-nodes/other: EPERM"), "{}", r.stdout);
+    let o = Command::new("python3")
+        .arg(&inject)
+        .arg(&spec)
+        .arg(&b.dir)
+        .arg("7")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nvidia.com/gpu=7"),
+        "an unknown device is refused"
+    );
+}
