@@ -487,3 +487,46 @@ fn runc_alone_through_the_kits_cdi_injector() {
         "an unknown device is refused"
     );
 }
+
+#[test]
+fn command_line_errors_are_clear() {
+    let fx = fixtures();
+    let cases: &[(&[&str], &str)] = &[
+        (&["cdi"], "usage: nvhook cdi generate"),
+        (&["cdi", "list"], "unknown cdi command"),
+        (&["cdi", "generate", "--bogus"], "--bogus"),
+        (&["cdi", "generate", "--cdi-version", "0.4.0"], "0.5.0"),
+        (
+            &["cdi", "generate", "-o", "-", "--kind", "gpu"],
+            "vendor.com/class",
+        ),
+        (
+            &["cdi", "generate", "-o", "-", "--capabilities", "warp"],
+            "warp",
+        ),
+        (&["cdi-hook", "--link", "x"], "NAME=VALUE"),
+    ];
+    for (args, want) in cases {
+        let o = Command::new(nvhook())
+            .arg("--config")
+            .arg(&fx.config)
+            .args(*args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.starts_with("nvhook: error:") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+    // help names both commands
+    let o = Command::new(nvhook()).arg("help").output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.contains("cdi generate") && help.contains("cdi-hook"),
+        "{help}"
+    );
+}
