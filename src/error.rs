@@ -24,6 +24,10 @@ pub enum Error {
     )]
     NoPid,
     #[error(
+        "the OCI state's pid is {pid}: nvhook cdi-hook must run as a createRuntime (or prestart) hook, whose state names the container's process as the host sees it; regenerate the CDI spec with `nvhook cdi generate`"
+    )]
+    HookStage { pid: i32 },
+    #[error(
         "the container's process {pid} is gone ({path}: {source}); the runtime must run nvhook while the container is being created"
     )]
     ProcessGone {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod cdi;
 pub mod config;
 pub mod devnode;
 pub mod doctor;

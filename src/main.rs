@@ -22,6 +22,17 @@ usage:
                                          and each capability's libraries and binaries
   nvhook [--config FILE] doctor [--json] check this host (driver, nodes, libraries, hooks.d
                                          registration, cgroups, runtimes, kernel); exit 1 on errors
+  nvhook [--config FILE] cdi generate [--output FILE|-] [--capabilities LIST] [--kind K]
+                                         [--cdi-version V] [--hook-path PATH]
+                                         write a CDI spec for this host's GPUs (default
+                                         /etc/cdi/nvhook.json, `-` for stdout; devices `all`,
+                                         each index and GPU-UUID, MIG `<gpu>:<mig>` and MIG-UUID;
+                                         capabilities default compute,utility; kind nvidia.com/gpu;
+                                         CDI version 0.5.0, the highest podman 4.3 reads); then
+                                         `podman run --device nvidia.com/gpu=all ...` (docs/cdi.md)
+  nvhook cdi-hook [--link P=T] [--ldcache SONAME=P] [--ldcache32 SONAME=P] [--cuda-compat VER]
+                                         the CDI spec's createRuntime hook (soname links, linker
+                                         cache); reads the container state on stdin
   nvhook version                         print the version
   nvhook help                            this text
 
@@ -40,6 +51,7 @@ fn run(args: Vec<String>) -> Result<(), Error> {
     let mut bundle: Option<PathBuf> = None;
     let mut command: Option<String> = None;
     let mut json = false;
+    let mut sub: Vec<String> = Vec::new();
     let mut it = args.into_iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -65,7 +77,13 @@ fn run(args: Vec<String>) -> Result<(), Error> {
                     "unknown option {a}; see `nvhook help`"
                 )));
             }
-            _ if command.is_none() => command = Some(a),
+            _ if command.is_none() => {
+                // these commands parse their own options
+                if a == "cdi" || a == "cdi-hook" {
+                    sub = it.by_ref().collect();
+                }
+                command = Some(a)
+            }
             _ => {
                 return Err(Error::Usage(format!(
                     "unexpected argument {a}; see `nvhook help`"
@@ -126,6 +144,11 @@ fn run(args: Vec<String>) -> Result<(), Error> {
             }
             Ok(())
         }
+        Some("cdi") => cdi_command(sub, config),
+        Some("cdi-hook") => {
+            let args = nvhook::cdi::hook::HookArgs::parse(sub)?;
+            nvhook::cdi::hook::run(std::io::stdin().lock(), &args)
+        }
         Some("version") => {
             stdout(concat!("nvhook ", env!("CARGO_PKG_VERSION"), "\n"));
             Ok(())
@@ -139,6 +162,41 @@ fn run(args: Vec<String>) -> Result<(), Error> {
         ))),
         None => Err(Error::Usage("no command given; see `nvhook help`".into())),
     }
+}
+
+/// `nvhook cdi generate ...`: build the spec, write it (or print it with `--output -`).
+fn cdi_command(args: Vec<String>, config: Option<PathBuf>) -> Result<(), Error> {
+    let mut it = args.into_iter();
+    match it.next().as_deref() {
+        Some("generate") => {}
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "unknown cdi command {other:?}; the one there is is `nvhook cdi generate`"
+            )));
+        }
+        None => return Err(Error::Usage("usage: nvhook cdi generate [options]".into())),
+    }
+    let g = nvhook::cdi::GenerateArgs::parse(it)?;
+    let cfg = nvhook::config::Config::load(g.config.as_deref().or(config.as_deref()))?;
+    let spec = nvhook::cdi::generate(&cfg, &g.options(&cfg)?)?;
+    let text = nvhook::cdi::to_json(&spec)?;
+    match &g.output {
+        None => {
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        }
+        Some(path) => {
+            nvhook::cdi::write_atomic(path, &text)?;
+            let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
+            eprintln!(
+                "nvhook: wrote {} (CDI {}, {}: {})",
+                path.display(),
+                spec.version,
+                spec.kind,
+                names.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// crun runs hooks with stderr on /dev/null and reports only "error executing hook ... (exit

@@ -343,6 +343,12 @@ fn plan_compat(p: &mut Plan, req: &Request, inv: &Inventory, compat: Option<&com
     }) else {
         return;
     };
+    plan_cuda_compat(p, c);
+}
+
+/// The linker-cache entries and ld.so.conf.d file that make the image's forward-compat libraries
+/// win over the host's (also used by `nvhook cdi-hook`, which finds them at container creation).
+pub fn plan_cuda_compat(p: &mut Plan, c: &compat::CudaCompat) {
     for (soname, path) in &c.libs {
         p.add_ldcache(soname.clone(), path.clone(), crate::ldcache::native_flags());
     }

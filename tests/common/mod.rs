@@ -335,6 +335,21 @@ impl Podman {
 
     /// `podman run --rm` of `image` with nvhook from the hooks dir.
     pub fn run(&self, image: &str, env: &[&str], extra: &[&str], script: &str) -> Run {
+        self.run_hooks(true, image, env, extra, script)
+    }
+
+    /// `podman run --rm`, with nvhook's hooks dir or with no hook at all (`hooks` false: an empty
+    /// hooks dir, for CDI runs that must work without nvhook's prestart hook).
+    pub fn run_hooks(
+        &self,
+        hooks: bool,
+        image: &str,
+        env: &[&str],
+        extra: &[&str],
+        script: &str,
+    ) -> Run {
+        let no_hooks = self.root.join("no-hooks.d");
+        let _ = std::fs::create_dir_all(&no_hooks);
         let mut c = self.cmd();
         c.args([
             "run",
@@ -345,7 +360,7 @@ impl Podman {
             "k8s-file",
         ])
         .arg("--hooks-dir")
-        .arg(&self.hooks_dir)
+        .arg(if hooks { &self.hooks_dir } else { &no_hooks })
         .args([
             "--ulimit",
             "nofile=1024:1024",
@@ -370,9 +385,21 @@ impl Podman {
     }
 
     pub fn run_checked(&self, image: &str, env: &[&str], extra: &[&str], script: &str) -> Run {
+        self.run_checked_hooks(true, image, env, extra, script)
+    }
+
+    /// [`Podman::run_hooks`], checking that the host's mount table is the same after.
+    pub fn run_checked_hooks(
+        &self,
+        hooks: bool,
+        image: &str,
+        env: &[&str],
+        extra: &[&str],
+        script: &str,
+    ) -> Run {
         let _g = serial();
         let before = self.host_mounts();
-        let r = self.run(image, env, extra, script);
+        let r = self.run_hooks(hooks, image, env, extra, script);
         let after = self.host_mounts();
         assert_eq!(
             before, after,

@@ -3,6 +3,7 @@
 # NVIDIA host that has no container runtime, no compiler and no network:
 #   KIT/bin/nvhook                 release build
 #   KIT/bin/runc, KIT/bin/crun     this machine's runtimes, KIT/lib their shared libraries
+#   KIT/bin/cdi-inject.py          applies a CDI spec to a bundle (the CDI cases; needs python3)
 #   KIT/rootfs-debian.tar          busybox + glibc (+ libm, libdl, libpthread, librt), merged /usr,
 #                                  /usr/bin/cudaprobe (driver API, PTX JIT, verified results) and
 #                                  /usr/bin/probe; NO driver and no CUDA in it
@@ -42,5 +43,6 @@ copy_runtime() { # copy_runtime NAME: the binary and the libraries it links (not
 copy_runtime runc || { echo "build-kit: runc is required (apt-get install runc)" >&2; exit 1; }
 copy_runtime crun || echo "build-kit: crun not found; the kit will run runc only" >&2
 cp "$ROOT/tests/gpu/run.sh" "$KIT/run.sh"
+cp "$ROOT/tests/gpu/cdi-inject.py" "$KIT/bin/cdi-inject.py"
 du -sh "$KIT"
 echo "build-kit: kit ready in $KIT"

@@ -81,10 +81,16 @@ run_case() {
     N=$((N + 1))
     local dir=$WORK/b-$N
     mkbundle "$dir" "$KIT/$rootfs.tar" "$ro" "$stage" /bin/sh -c "$script" -- "$@"
+    local inject_err=""
+    if [ -n "${CDI_DEVICES:-}" ]; then # CDI cases: the spec's edits applied as an engine would
+        python3 "$KIT/bin/cdi-inject.py" "$CDI_SPEC" "$dir" $CDI_DEVICES > "$dir/inject.log" 2>&1 \
+            || inject_err="cdi-inject:failed $(cat "$dir/inject.log")"
+    fi
     find "$dir/rootfs" -printf '%P %y %s\n' | sort > "$dir/tree.before"
     mount | sort > "$dir/mounts.before"
     "$rt" run --bundle "$dir" "gpu-e2e-$N" > "$WORK/$name.out" 2>&1 < /dev/null
     echo "rc=$?" >> "$WORK/$name.out"
+    [ -n "$inject_err" ] && echo "$inject_err" >> "$WORK/$name.out"
     "$rt" delete -f "gpu-e2e-$N" >/dev/null 2>&1
     mount | sort > "$dir/mounts.after"
     find "$dir/rootfs" -printf '%P %y %s\n' | sort > "$dir/tree.after"
@@ -163,6 +169,21 @@ check proc "/proc/driver/nvidia shows the selected GPU, params has ModifyDeviceF
 
 run_case runc proc-none rootfs-debian false prestart "ls /proc/driver/nvidia/gpus/ | wc -l; ls /proc/driver/nvidia/" NVIDIA_VISIBLE_DEVICES=none
 check proc-none "\`none\`: /proc/driver/nvidia/gpus is empty" '^0$' 'version'
+
+# CDI: nvhook's spec for this host, applied to the bundle by tests/gpu/cdi-inject.py (runc does not
+# read CDI itself), with no prestart hook: only the spec's createRuntime hook, `nvhook cdi-hook`
+if command -v python3 >/dev/null 2>&1; then
+    CDI_SPEC=$WORK/nvhook-cdi.json
+    "$NVHOOK" cdi generate --output "$CDI_SPEC" >> "$LOG" 2>&1
+    CDI_DEVICES=all run_case runc cdi-all rootfs-debian false none "$FULL; $NODES; env | grep NVIDIA_VISIBLE" NVIDIA_VISIBLE_DEVICES=all
+    check cdi-all "CDI \`nvidia.com/gpu=all\` from \`nvhook cdi generate\`, no prestart hook: nvidia-smi, PTX kernel; the image's NVIDIA_VISIBLE_DEVICES made void" \
+        "$SMI_OK" "$GPU_OK" 'NVIDIA_VISIBLE_DEVICES=void' '!cdi-inject:failed'
+    CDI_DEVICES="0 $UUID" run_case runc cdi-index0 rootfs-lib64 false none "$FULL; $OPEN"
+    check cdi-index0 "CDI \`0\` and its UUID, non-Debian image (libraries where the host keeps them, found through the cache); 195:1 and nvidia-cap1 denied" \
+        "$SMI_OK" "$GPU_OK" '/probe-nodes/gpu1: EPERM' "$( [ -n "$CAPS_MAJOR" ] && echo '/probe-nodes/cap1: EPERM' || echo . )" '!cdi-inject:failed'
+else
+    ROWS+=("| cdi-* | no python3 on this host for tests/gpu/cdi-inject.py | SKIP |")
+fi
 
 if [ -d /usr/local/cuda/compat ]; then
     # an image that ships the host CUDA toolkit's forward-compat libs (older than this driver)
