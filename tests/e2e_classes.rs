@@ -294,21 +294,30 @@ fn bad_values_and_unknown_classes_stop_the_container_with_a_clear_message() {
     );
 }
 
+/// A config whose classes-dir holds the packaged V4L2 class and a broken class file.
+fn broken_classes_config() -> &'static PathBuf {
+    static C: OnceLock<PathBuf> = OnceLock::new();
+    C.get_or_init(|| {
+        let fx = fixtures();
+        let cf = class_fixtures();
+        let dir = fx.dir.join("classes-broken.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(cf.classes_dir.join("v4l2.toml"), dir.join("v4l2.toml")).unwrap();
+        std::fs::write(dir.join("zz-bad.toml"), "devices = [\"../sd*\"]\n").unwrap();
+        let cfg = fx.dir.join("config-classes-broken.toml");
+        std::fs::write(
+            &cfg,
+            std::fs::read_to_string(&fx.config).unwrap()
+                + &format!("classes-dir = \"{}\"\n", dir.display()),
+        )
+        .unwrap();
+        cfg
+    })
+}
+
 #[test]
 fn a_broken_class_file_stops_only_class_containers() {
-    let fx = fixtures();
-    let cf = class_fixtures();
-    let dir = fx.dir.join("classes-broken.d");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(cf.classes_dir.join("v4l2.toml"), dir.join("v4l2.toml")).unwrap();
-    std::fs::write(dir.join("zz-bad.toml"), "devices = [\"../sd*\"]\n").unwrap();
-    let cfg = fx.dir.join("config-classes-broken.toml");
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&fx.config).unwrap()
-            + &format!("classes-dir = \"{}\"\n", dir.display()),
-    )
-    .unwrap();
+    let cfg = broken_classes_config();
     let r = refused(&["NVHOOK_DEVICES_V4L2=0"], Some(cfg.clone()));
     assert!(
         r.stderr.contains("invalid device class file")
@@ -318,9 +327,61 @@ fn a_broken_class_file_stops_only_class_containers() {
         r.stderr
     );
     let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=0"], REPORT);
-    s.config = Some(cfg);
+    s.config = Some(cfg.clone());
     let r = run_checked("runc", &s).expect_ok("a GPU container ignores the class files");
     assert!(r.has("cuInit=0 devices=1"), "{}", r.stdout);
+}
+
+#[test]
+fn under_crun_too() {
+    let r = run_checked("crun", &spec(&["NVHOOK_DEVICES_V4L2=1"], REPORT)).expect_ok("crun");
+    assert_eq!(nodes(&r), ["video1"], "{}", r.stdout);
+    assert!(
+        r.has("/dev/video1: ok") && r.has("/probe-nodes/gpu-kmsg: EPERM"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn doctor_checks_the_class_files() {
+    let doctor = |cfg: &Path| {
+        let o = Command::new(nvhook())
+            .args(["--config", cfg.to_str().unwrap(), "doctor", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let found: Vec<(String, String)> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"] == "classes")
+            .map(|f| {
+                (
+                    f["status"].as_str().unwrap().to_owned(),
+                    f["message"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        (o.status.success(), found)
+    };
+    let (_, found) = doctor(&class_fixtures().config);
+    assert!(
+        found.contains(&(
+            "ok".into(),
+            "class v4l2 (NVHOOK_DEVICES_V4L2): video0, video1".into()
+        )) && found.contains(&(
+            "ok".into(),
+            "class fakecam (NVHOOK_DEVICES_FAKECAM): fakecam0".into()
+        )),
+        "{found:?}"
+    );
+    let (ok, found) = doctor(broken_classes_config());
+    assert!(!ok, "a broken class file is an error-level finding");
+    assert!(
+        found.len() == 1 && found[0].0 == "error" && found[0].1.contains("zz-bad.toml"),
+        "{found:?}"
+    );
 }
 
 #[test]

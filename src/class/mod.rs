@@ -11,6 +11,8 @@
 
 pub mod file;
 pub mod glob;
+mod list;
+mod request;
 
 use std::collections::HashSet;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -19,80 +21,20 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use file::{Class, ClassMount, DeviceGlob, ENV_PREFIX};
+pub use list::{ClassEntry, list, text};
+pub use request::{
+    ClassRequest, Selection, asks_for_a_class, parse_selection, requests, requests_for,
+};
 
 use crate::config::Config;
 use crate::devnode::{HostNode, NodeType};
 use crate::error::Error;
 use crate::layout::Layout;
 use crate::nvidia::libraries::Library;
-use crate::nvidia::request::env_map;
 use crate::plan::{DeviceRule, MountFlags, Plan};
 
-/// A selection value longer than this is refused (no host has that many devices to name).
-const MAX_VALUE_LEN: usize = 4096;
 /// More class files than this in one directory is a mistake, not a configuration.
 const MAX_CLASSES: usize = 256;
-
-/// What a container asked of one class.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Selection {
-    /// Every node the class's `devices` globs match.
-    All,
-    /// No selectable node: only the shared nodes, mounts and libraries.
-    None,
-    /// Indexes into, or names of, the matched nodes, in the container's order.
-    List(Vec<String>),
-}
-
-/// Does the environment ask for any class? Cheap: no file is read. True for any
-/// `NVHOOK_DEVICES_*` variable whose value is not empty or `void`.
-pub fn asks_for_a_class(env: &[String]) -> bool {
-    env.iter().any(|e| {
-        e.strip_prefix(ENV_PREFIX)
-            .and_then(|rest| rest.split_once('='))
-            .is_some_and(|(_, v)| !matches!(v.trim(), "" | "void"))
-    })
-}
-
-/// The value of a class variable -> a selection, or `None` when the class is not asked for
-/// (empty, only commas, `void`).
-pub fn parse_selection(var: &str, value: &str) -> Result<Option<Selection>, Error> {
-    let bad = |reason: String| Error::BadRequest {
-        var: var.to_owned(),
-        reason,
-    };
-    if value.len() > MAX_VALUE_LEN {
-        return Err(bad(format!("longer than {MAX_VALUE_LEN} bytes")));
-    }
-    let tokens: Vec<&str> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect();
-    let keyword = tokens
-        .iter()
-        .find(|t| matches!(**t, "all" | "none" | "void"));
-    match (keyword, tokens.len()) {
-        (_, 0) => Ok(None),
-        (Some(&"void"), 1) => Ok(None),
-        (Some(&"all"), 1) => Ok(Some(Selection::All)),
-        (Some(&"none"), 1) => Ok(Some(Selection::None)),
-        (Some(k), _) => Err(bad(format!(
-            "{k:?} cannot be combined with other entries (use all, none, void, or a comma list of indexes and device names)"
-        ))),
-        (None, _) => {
-            let mut list: Vec<String> = Vec::new();
-            for t in tokens {
-                let t = t.strip_prefix("/dev/").unwrap_or(t);
-                if !list.iter().any(|x| x == t) {
-                    list.push(t.to_owned());
-                }
-            }
-            Ok(Some(Selection::List(list)))
-        }
-    }
-}
 
 /// Every class of this host: the `*.toml` files of `dir`, in name order. No directory, no
 /// classes. Two classes with the same name or variable are an error naming both files.
@@ -144,87 +86,6 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Class>, Error> {
         classes.push(c);
     }
     Ok(classes)
-}
-
-/// One class a container asked for.
-#[derive(Debug, Clone)]
-pub struct ClassRequest {
-    pub class: Class,
-    pub selection: Selection,
-}
-
-/// The classes the environment asks for, in class-file order. Every `NVHOOK_DEVICES_*` variable
-/// must belong to a class of this host; a `privileged-only` class is ignored (with a warning) in
-/// a container without CAP_SYS_ADMIN.
-pub fn requests(
-    env: &[String],
-    classes: &[Class],
-    privileged: bool,
-    dir: &Path,
-) -> Result<Vec<ClassRequest>, Error> {
-    let map = env_map(env);
-    let mut vars: Vec<&&str> = map.keys().filter(|k| k.starts_with(ENV_PREFIX)).collect();
-    vars.sort();
-    for var in vars {
-        if classes.iter().any(|c| c.env == **var) {
-            continue;
-        }
-        if parse_selection(var, map[*var])?.is_some() {
-            let known: Vec<String> = classes
-                .iter()
-                .map(|c| format!("{} ({})", c.name, c.env))
-                .collect();
-            let known = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            };
-            return Err(Error::BadRequest {
-                var: (*var).to_owned(),
-                reason: format!(
-                    "no device class of this host is selected by this variable; classes here: {known} (class files in {})",
-                    dir.display()
-                ),
-            });
-        }
-    }
-    let mut out = Vec::new();
-    for c in classes {
-        let Some(value) = map.get(c.env.as_str()) else {
-            continue;
-        };
-        let Some(selection) = parse_selection(&c.env, value)? else {
-            continue;
-        };
-        if c.privileged_only && !privileged {
-            log::warn!(
-                "ignoring {} in an unprivileged container: class {} is privileged-only ({})",
-                c.env,
-                c.name,
-                c.file.display()
-            );
-            continue;
-        }
-        out.push(ClassRequest {
-            class: c.clone(),
-            selection,
-        });
-    }
-    Ok(out)
-}
-
-/// The container's class requests under the host's config: reads the class files only when the
-/// environment asks for a class.
-pub fn requests_for(
-    env: &[String],
-    privileged: bool,
-    config: &Config,
-) -> Result<Vec<ClassRequest>, Error> {
-    if !asks_for_a_class(env) {
-        return Ok(Vec::new());
-    }
-    let classes = load_dir(&config.classes_dir)?;
-    requests(env, &classes, privileged, &config.classes_dir)
 }
 
 /// What the host gives one class request.
@@ -509,118 +370,6 @@ pub fn merge_into(plan: &mut Plan, invs: &[ClassInventory], layout: &Layout) {
     if let Some(o) = plan.summary.as_object_mut() {
         o.insert("classes".into(), serde_json::Value::Array(list));
     }
-}
-
-/// One class as `nvhook list` shows it.
-#[derive(Debug, Serialize)]
-pub struct ClassEntry {
-    pub name: String,
-    pub description: String,
-    pub env: String,
-    pub file: PathBuf,
-    pub privileged_only: bool,
-    /// Selectable nodes, index = position.
-    pub devices: Vec<HostNode>,
-    pub shared_devices: Vec<HostNode>,
-    pub mounts: Vec<PathBuf>,
-    pub libraries: Vec<PathBuf>,
-    pub cgroup_rules: Vec<String>,
-    /// Why the class cannot be given here (a node or file it needs is missing), if it cannot.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// Every class of this host with what it would give (`nvhook list`). A broken class file is an
-/// error; a class whose host files are missing is listed with the reason.
-pub fn list(config: &Config) -> Result<Vec<ClassEntry>, Error> {
-    let classes = load_dir(&config.classes_dir)?;
-    let mut out = Vec::new();
-    for c in classes {
-        let req = ClassRequest {
-            class: c.clone(),
-            selection: Selection::None,
-        };
-        let inv = ClassInventory::discover(&req, config);
-        let devices = expand_all(&c, &c.devices, &config.dev_root);
-        let mut e = ClassEntry {
-            name: c.name.clone(),
-            description: c.description.clone(),
-            env: c.env.clone(),
-            file: c.file.clone(),
-            privileged_only: c.privileged_only,
-            devices: Vec::new(),
-            shared_devices: Vec::new(),
-            mounts: Vec::new(),
-            libraries: Vec::new(),
-            cgroup_rules: c
-                .cgroup_rules
-                .iter()
-                .map(|r| format!("{} {}:{} rwm", r.kind.letter(), r.major, r.minor))
-                .collect(),
-            error: None,
-        };
-        match (inv, devices) {
-            (Ok(inv), Ok(devices)) => {
-                e.devices = devices;
-                e.shared_devices = inv.shared_devices;
-                e.mounts = inv.mounts.into_iter().map(|(m, _)| m.source).collect();
-                e.libraries = inv.libraries.into_iter().map(|l| l.host_path).collect();
-            }
-            (Err(err), _) | (_, Err(err)) => e.error = Some(err.to_string()),
-        }
-        out.push(e);
-    }
-    Ok(out)
-}
-
-/// Human-readable text of `nvhook list`'s classes.
-pub fn text(entries: &[ClassEntry]) -> String {
-    let mut s = String::new();
-    for e in entries {
-        s += &format!(
-            "class {} ({}{}){}{}\n",
-            e.name,
-            e.env,
-            if e.privileged_only {
-                ", privileged only"
-            } else {
-                ""
-            },
-            if e.description.is_empty() { "" } else { ": " },
-            e.description
-        );
-        if let Some(err) = &e.error {
-            s += &format!("  unavailable: {err}\n");
-        }
-        for (i, n) in e.devices.iter().enumerate() {
-            s += &format!(
-                "  {i}: /dev/{} ({} {}:{})\n",
-                n.name,
-                n.kind.letter(),
-                n.major,
-                n.minor
-            );
-        }
-        if e.devices.is_empty() && e.error.is_none() {
-            s += "  no selectable device on this host\n";
-        }
-        for n in &e.shared_devices {
-            s += &format!(
-                "  shared: /dev/{} ({} {}:{})\n",
-                n.name,
-                n.kind.letter(),
-                n.major,
-                n.minor
-            );
-        }
-        for p in e.mounts.iter().chain(&e.libraries) {
-            s += &format!("  {}\n", p.display());
-        }
-        for r in &e.cgroup_rules {
-            s += &format!("  cgroup: {r}\n");
-        }
-    }
-    s
 }
 
 #[cfg(test)]
