@@ -22,7 +22,8 @@ usage:
                                          each capability's libraries and binaries, and each
                                          device class with its numbered nodes
   nvhook [--config FILE] doctor [--json] check this host (driver, nodes, libraries, hooks.d
-                                         registration, cgroups, runtimes, kernel); exit 1 on errors
+                                         registration, cgroups, runtimes, kernel,
+                                         device classes); exit 1 on errors
   nvhook version                         print the version
   nvhook help                            this text
 

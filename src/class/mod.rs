@@ -42,10 +42,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Class>, Error> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::ConfigRead {
+        Err(e) => {
+            return Err(Error::ClassFile {
                 path: dir.to_owned(),
-                source,
+                reason: format!("cannot read the classes directory: {e} (check classes-dir)"),
             });
         }
     };
