@@ -72,6 +72,11 @@ fn class_fixtures() -> &'static ClassFixtures {
             ),
         )
         .unwrap();
+        std::fs::write(
+            classes_dir.join("privcam.toml"),
+            "devices = [\"video*\"]\nprivileged-only = true\n",
+        )
+        .unwrap();
         let base = std::fs::read_to_string(&fx.config).unwrap();
         let config = fx.dir.join("config-classes.toml");
         std::fs::write(
@@ -333,6 +338,18 @@ fn a_broken_class_file_stops_only_class_containers() {
 }
 
 #[test]
+fn a_privileged_only_class_is_ignored_in_an_unprivileged_container() {
+    let r = run_checked("runc", &spec(&["NVHOOK_DEVICES_PRIVCAM=0"], REPORT)).expect_ok("runc");
+    assert!(nodes(&r).is_empty(), "{}", r.stdout);
+    assert!(r.has("/probe-nodes/gpu-kmsg: EPERM"), "{}", r.stdout);
+    let mut s = spec(&["NVHOOK_DEVICES_PRIVCAM=0"], REPORT);
+    s.privileged = true;
+    let r = run_checked("runc", &s).expect_ok("runc privileged");
+    assert_eq!(nodes(&r), ["video0"], "{}", r.stdout);
+    assert!(r.has("/dev/video0: ok"), "{}", r.stdout);
+}
+
+#[test]
 fn under_crun_too() {
     let r = run_checked("crun", &spec(&["NVHOOK_DEVICES_V4L2=1"], REPORT)).expect_ok("crun");
     assert_eq!(nodes(&r), ["video1"], "{}", r.stdout);
@@ -493,5 +510,11 @@ fn plan_and_list_show_the_classes() {
             .unwrap()
             .contains("no NVIDIA driver")
     );
-    assert_eq!(list["classes"][1]["devices"][1]["name"], "video1");
+    let v4l2 = list["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "v4l2")
+        .unwrap();
+    assert_eq!(v4l2["devices"][1]["name"], "video1");
 }
