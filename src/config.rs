@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 pub const DEFAULT_PATH: &str = "/etc/nvhook/config.toml";
+/// Device-class files (docs/device-classes.md).
+pub const DEFAULT_CLASSES_DIR: &str = "/etc/nvhook/classes.d";
 /// Environment variable that names the config file (the hook's environment comes from the
 /// runtime's hook registration, never from the container).
 pub const CONFIG_ENV: &str = "NVHOOK_CONFIG";
@@ -45,6 +47,9 @@ pub struct Config {
     pub accept_nvidia_visible_devices_as_volume_mounts: bool,
     /// Append nvhook's log (at NVHOOK_LOG's level, default warn) to this file.
     pub log_file: Option<PathBuf>,
+    /// Where device-class files (`<name>.toml`) are read from; read only for containers that
+    /// set an `NVHOOK_DEVICES_*` variable. A missing directory means no classes.
+    pub classes_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             accept_nvidia_visible_devices_envvar_when_unprivileged: true,
             accept_nvidia_visible_devices_as_volume_mounts: false,
             log_file: None,
+            classes_dir: PathBuf::from(DEFAULT_CLASSES_DIR),
         }
     }
 }
@@ -150,6 +156,9 @@ mod tests {
         assert_eq!(c.driver_root, Path::new("/run/nvidia/driver"));
         assert!(c.no_cgroups);
         assert_eq!(c.proc_root, Path::new("/proc"));
+        assert_eq!(c.classes_dir, Path::new("/etc/nvhook/classes.d"));
+        let c = Config::parse("classes-dir = \"/srv/classes\"\n").unwrap();
+        assert_eq!(c.classes_dir, Path::new("/srv/classes"));
     }
 
     #[test]

@@ -87,7 +87,61 @@ pub fn run(
     hooks(&mut f, hook_dirs);
     cgroups(&mut f, &config);
     runtimes(&mut f);
+    classes(&mut f, &config);
     f.0
+}
+
+/// Device classes: each file parses, and what it would give on this host. Nothing is reported
+/// when classes-dir does not exist (no classes: nothing to check).
+fn classes(f: &mut Findings, c: &Config) {
+    if !c.classes_dir.exists() {
+        return;
+    }
+    let entries = match crate::class::list(c) {
+        Ok(e) => e,
+        Err(e) => {
+            f.add(
+                "classes",
+                Status::Error,
+                e.to_string(),
+                "fix or remove the class file (docs/device-classes.md lists every key); containers that set NVHOOK_DEVICES_* fail until then",
+            );
+            return;
+        }
+    };
+    for e in entries {
+        let what = format!("class {} ({})", e.name, e.env);
+        if let Some(err) = e.error {
+            f.add(
+                "classes",
+                Status::Error,
+                format!("{what}: {err}"),
+                "containers that ask for this class fail until the host has these files",
+            );
+        } else if e.globs.is_empty() {
+            f.add(
+                "classes",
+                Status::Ok,
+                format!("{what}: no selectable nodes (shared nodes, files, libraries)"),
+                "",
+            );
+        } else if e.devices.is_empty() {
+            f.add(
+                "classes",
+                Status::Warn,
+                format!("{what}: no node matches /dev/{}", e.globs.join(", /dev/")),
+                "load the device's driver, check dev-root, or remove the class file",
+            );
+        } else {
+            let names: Vec<String> = e.devices.iter().map(|n| n.name.clone()).collect();
+            f.add(
+                "classes",
+                Status::Ok,
+                format!("{what}: {}", names.join(", ")),
+                "",
+            );
+        }
+    }
 }
 
 fn kernel(f: &mut Findings) {

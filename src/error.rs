@@ -62,6 +62,8 @@ pub enum Error {
     },
     #[error("invalid config file {path}: {reason}")]
     ConfigParse { path: PathBuf, reason: String },
+    #[error("invalid device class file {path}: {reason}")]
+    ClassFile { path: PathBuf, reason: String },
 
     // --- what the host offers ----------------------------------------------------------------
     #[error(
@@ -88,6 +90,13 @@ pub enum Error {
         name: String,
         root: PathBuf,
         hint: &'static str,
+    },
+    #[error("device class {class}: {path}: {reason} (fix the host, or the class file {file})")]
+    ClassHost {
+        class: String,
+        file: PathBuf,
+        path: PathBuf,
+        reason: String,
     },
     #[error("driver file {path}: {reason}")]
     DriverFile { path: PathBuf, reason: String },

@@ -4,6 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::apply::{self, cgroup::DeviceCgroup, namespace::MountNamespace, userns::Privilege};
+use crate::class::{self, ClassInventory};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -16,18 +17,22 @@ use crate::timing::Timer;
 /// What `prestart` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The container asked for no GPU: nothing was touched.
+    /// The container asked for no GPU and no device class: nothing was touched.
     NotRequested,
     /// The plan was applied.
     Applied { devices: usize, mounts: usize },
 }
 
-/// Could this container ask for a GPU? Decided from `process.env` and mount destinations alone,
-/// without the host's config: false means certainly not, and nvhook does nothing.
+/// Could this container ask for a GPU or a device class? Decided from `process.env` and mount
+/// destinations alone, without the host's config or class files: false means certainly not, and
+/// nvhook does nothing. Every class variable starts with `NVHOOK_DEVICES_`, so classes cost
+/// this check a prefix comparison per variable.
 fn might_request(bundle: &BundleConfig) -> Result<bool> {
     let (env, device_mounts) = bundle.env()?;
     // An unparsable request is reported by the full path below, which knows the config.
-    Ok(device_mounts || !matches!(Request::from_env(&env, &Capabilities::all()), Ok(None)))
+    Ok(device_mounts
+        || class::asks_for_a_class(&env)
+        || !matches!(Request::from_env(&env, &Capabilities::all()), Ok(None)))
 }
 
 /// The container's request under the host's config.
@@ -64,17 +69,29 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     t.mark("parse");
     let config = Config::load(config_path)?;
     crate::logging::to_file(config.log_file.as_deref());
-    let Some(req) = request_for(&container, &config)? else {
+    let req = request_for(&container, &config)?;
+    let class_reqs = class::requests_for(&container.env, container.privileged, &config)?;
+    if req.is_none() && class_reqs.is_empty() {
         log::debug!(
-            "container {}: no GPU requested under this host's config",
+            "container {}: no GPU or device class requested under this host's config",
             st.id()
         );
         return Ok(Outcome::NotRequested);
-    };
+    }
     t.mark("config");
-    let inv = Inventory::discover(&config, &req, &mut t)?;
-    nvidia::facts::check(&req, &inv)?;
-    t.mark("require");
+    let inv = match &req {
+        Some(req) => {
+            let inv = Inventory::discover(&config, req, &mut t)?;
+            nvidia::facts::check(req, &inv)?;
+            t.mark("require");
+            Some(inv)
+        }
+        None => None,
+    };
+    let class_invs = class::discover_all(&class_reqs, &config)?;
+    if !class_invs.is_empty() {
+        t.mark("classes");
+    }
 
     let pid = container.pid.ok_or(Error::NoPid)?;
     let privilege = Privilege::detect()?;
@@ -94,8 +111,14 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
 
     let rootfs = Rootfs::open(&container.rootfs)?;
     let layout = Layout::detect(&rootfs);
-    let compat = compat_of(&req, &rootfs);
-    let plan = nvidia::plan(&req, &inv, &layout, compat.as_ref());
+    let mut plan = match (&req, &inv) {
+        (Some(req), Some(inv)) => {
+            let compat = compat_of(req, &rootfs);
+            nvidia::plan(req, inv, &layout, compat.as_ref())
+        }
+        _ => Plan::default(),
+    };
+    class::merge_into(&mut plan, &class_invs, &layout);
     t.mark("plan");
     if rootless {
         apply::userns::preflight(&plan, &container.user, privilege, policy.as_ref())?;
@@ -147,19 +170,37 @@ pub fn plan<R: Read>(source: PlanSource<R>, config_path: Option<&Path>) -> Resul
     }
     let container = bundle.container(st.as_ref())?;
     let config = Config::load(config_path)?;
-    let Some(req) = request_for(&container, &config)? else {
+    let req = request_for(&container, &config)?;
+    let class_reqs = class::requests_for(&container.env, container.privileged, &config)?;
+    if req.is_none() && class_reqs.is_empty() {
         return Ok(not_requested());
+    }
+    let inv = match &req {
+        Some(req) => {
+            let inv = Inventory::discover(&config, req, &mut Timer::new())?;
+            nvidia::facts::check(req, &inv)?;
+            Some(inv)
+        }
+        None => None,
     };
-    let inv = Inventory::discover(&config, &req, &mut Timer::new())?;
-    nvidia::facts::check(&req, &inv)?;
-    let (layout, compat) = match Rootfs::open(&container.rootfs) {
-        Ok(r) => (Layout::detect(&r), compat_of(&req, &r)),
+    let class_invs: Vec<ClassInventory> = class::discover_all(&class_reqs, &config)?;
+    let rootfs = match Rootfs::open(&container.rootfs) {
+        Ok(r) => Some(r),
         Err(e) => {
             log::warn!("{e}; assuming a Debian-style library layout");
-            (Layout::debian(), None)
+            None
         }
     };
-    Ok(nvidia::plan(&req, &inv, &layout, compat.as_ref()))
+    let layout = rootfs.as_ref().map_or_else(Layout::debian, Layout::detect);
+    let mut plan = match (&req, &inv) {
+        (Some(req), Some(inv)) => {
+            let compat = rootfs.as_ref().and_then(|r| compat_of(req, r));
+            nvidia::plan(req, inv, &layout, compat.as_ref())
+        }
+        _ => not_requested(),
+    };
+    class::merge_into(&mut plan, &class_invs, &layout);
+    Ok(plan)
 }
 
 /// The image's CUDA forward-compat libraries; looked for only with the compute libraries, as

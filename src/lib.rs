@@ -2,12 +2,14 @@
 //!
 //! Pipeline (one direction): OCI state + bundle config -> [`nvidia::request::Request`] ->
 //! [`nvidia::Inventory`] -> [`plan::Plan`] -> [`apply`] inside the container's mount namespace.
-//! Only `apply` (and the `nvhook-sys` crate it calls) has side effects.
+//! Other device classes ([`class`]) come from class files and merge their plans into the same
+//! plan. Only `apply` (and the `nvhook-sys` crate it calls) has side effects.
 
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod cdi;
+pub mod class;
 pub mod config;
 pub mod devnode;
 pub mod doctor;

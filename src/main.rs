@@ -10,7 +10,7 @@ use nvhook::error::Error;
 use nvhook::hook::{self, PlanSource};
 
 const USAGE: &str = "\
-nvhook: give OCI containers the host's NVIDIA GPUs
+nvhook: give OCI containers the host's NVIDIA GPUs (and other device classes)
 
 usage:
   nvhook [--config FILE] prestart        run as an OCI hook (prestart or createRuntime stage);
@@ -19,9 +19,11 @@ usage:
                                          print what prestart would do, as JSON, changing nothing;
                                          reads the state on stdin unless --bundle is given
   nvhook [--config FILE] list [--json]   what this host offers: driver, GPUs, MIG devices, nodes,
-                                         and each capability's libraries and binaries
+                                         each capability's libraries and binaries, and each
+                                         device class with its numbered nodes
   nvhook [--config FILE] doctor [--json] check this host (driver, nodes, libraries, hooks.d
-                                         registration, cgroups, runtimes, kernel); exit 1 on errors
+                                         registration, cgroups, runtimes, kernel,
+                                         device classes); exit 1 on errors
   nvhook [--config FILE] cdi generate [--output FILE|-] [--capabilities LIST] [--kind K]
                                          [--cdi-version V] [--hook-path PATH]
                                          write a CDI spec for this host's GPUs (default
@@ -39,6 +41,12 @@ usage:
 The container selects GPUs with NVIDIA_VISIBLE_DEVICES (all, none, void, or a comma list of
 indexes, GPU-UUIDs and PCI bus ids) and files with NVIDIA_DRIVER_CAPABILITIES (compute,
 utility, video, graphics, display, ngx, compat32, all; default compute,utility).
+
+Device classes (class files in classes-dir, default /etc/nvhook/classes.d/<name>.toml) are
+selected with NVHOOK_DEVICES_<NAME> (or the class's own env): all, none (the class's shared
+nodes and files, no selectable node), void or empty (nothing), or a comma list of indexes
+(the class's nodes in `nvhook list` order) and node names relative to /dev (video1,
+infiniband/uverbs0). A name or index the host does not have is an error listing those it has.
 
 environment (of the hook, set in its registration, never the container's):
   NVHOOK_CONFIG=FILE   config file (default /etc/nvhook/config.toml, optional)
@@ -113,13 +121,30 @@ fn run(args: Vec<String>) -> Result<(), Error> {
         }
         Some("list") => {
             let cfg = nvhook::config::Config::load(config.as_deref())?;
-            let r = nvhook::report::list(&cfg)?;
+            let classes = nvhook::class::list(&cfg)?;
+            // A host with device classes but no NVIDIA driver still lists its classes.
+            let (mut value, mut text) = match nvhook::report::list(&cfg) {
+                Ok(r) => (
+                    serde_json::to_value(&r).map_err(|e| Error::Usage(e.to_string()))?,
+                    nvhook::report::text(&r),
+                ),
+                Err(e) if !classes.is_empty() => (
+                    serde_json::json!({ "nvidia_error": e.to_string() }),
+                    format!("NVIDIA: unavailable: {e}\n"),
+                ),
+                Err(e) => return Err(e),
+            };
+            text += &nvhook::class::text(&classes);
+            if let Some(o) = value.as_object_mut() {
+                let c = serde_json::to_value(&classes).map_err(|e| Error::Usage(e.to_string()))?;
+                o.insert("classes".into(), c);
+            }
             if json {
-                let s =
-                    serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?;
+                let s = serde_json::to_string_pretty(&value)
+                    .map_err(|e| Error::Usage(e.to_string()))?;
                 stdout(&(s + "\n"));
             } else {
-                stdout(&nvhook::report::text(&r));
+                stdout(&text);
             }
             Ok(())
         }

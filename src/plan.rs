@@ -235,6 +235,38 @@ impl Plan {
         self.symlinks.push(Symlink { path, target });
     }
 
+    /// Add everything of `other` (another class's plan), keeping what is already planned when
+    /// both plan the same device, target, link or soname. `other`'s summary is dropped.
+    pub fn merge(&mut self, other: Plan) {
+        for d in other.devices {
+            self.add_device(d.node);
+        }
+        for r in other.cgroup_rules {
+            if !self.cgroup_rules.contains(&r) {
+                self.cgroup_rules.push(r);
+            }
+        }
+        for m in other.mounts {
+            self.add_mount(m.source, m.target, m.directory, m.flags);
+        }
+        for s in other.symlinks {
+            self.add_symlink(s.path, s.target);
+        }
+        for t in other.tmpfs {
+            if !self.tmpfs.iter().any(|x| x.target == t.target) {
+                self.tmpfs.push(t);
+            }
+        }
+        for f in other.files {
+            if !self.files.iter().any(|x| x.path == f.path) {
+                self.files.push(f);
+            }
+        }
+        for e in other.ldcache {
+            self.add_ldcache(e.soname, e.path, e.flags);
+        }
+    }
+
     pub fn add_ldcache(&mut self, soname: String, path: String, flags: i32) {
         if self
             .ldcache
