@@ -31,6 +31,10 @@ pub enum Error {
         path: PathBuf,
         source: nix::errno::Errno,
     },
+    #[error(
+        "the container's process {pid} is in nvhook's own mount namespace ({path}); applying there would mount onto the host: the container needs a mount namespace of its own (\"mount\" in the spec's linux.namespaces), and the state's \"pid\" must be its process"
+    )]
+    SharedMountNamespace { pid: i32, path: PathBuf },
 
     // --- the container's request -------------------------------------------------------------
     #[error("{var}: {reason}")]
