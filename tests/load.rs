@@ -511,6 +511,99 @@ fn sigkill_at_random_points_leaves_the_host_untouched() {
     );
 }
 
+/// NVML can hang on a sick GPU; nvhook asks it from a forked child with a timeout. When the hook
+/// itself is killed meanwhile (a runtime's hook timeout, an OOM kill), that child must die with
+/// it, not linger on the host with the driver open.
+#[test]
+fn a_killed_hook_leaves_no_nvml_child_behind() {
+    let _g = serial();
+    require_tool("runc", "runc");
+    prepare_host();
+    let fx = fixtures();
+    let root = runc_root("nvml");
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let pidfile = tmp.join(format!("load-nvml-pid-{}", std::process::id()));
+    let report = tmp.join(format!("load-nvml-report-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pidfile);
+    let _ = std::fs::remove_file(&report);
+    // a MIG device: only NVML knows the MIG layout, so the hook must ask it
+    let b = bundle(&Spec::new(
+        &["NVIDIA_VISIBLE_DEVICES=MIG-aaaaaaaa-1111-2222-3333-444444444444"],
+        "echo started",
+    ));
+    set_hook(
+        &b,
+        &fx.dir.join("hookwrap"),
+        vec![
+            "hookwrap".into(),
+            "killwhen".into(),
+            pidfile.to_string_lossy().into_owned(),
+            report.to_string_lossy().into_owned(),
+            nvhook().into(),
+            "--config".into(),
+            fx.config.to_string_lossy().into_owned(),
+            "prestart".into(),
+        ],
+        vec![format!("NVML_FAKE_HANG={}", pidfile.display())],
+    );
+    let mounts = our_mounts(None);
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "))
+    };
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(1));
+    // runc waits for its hook's output pipes to close, so a lingering child blocks it: the run
+    // goes on a thread while this one watches, and kills a lingering child to free runc.
+    let (r, outcome, child, lingered) = std::thread::scope(|s| {
+        let run = s.spawn(|| runc_run(&root, &b));
+        let mut outcome = String::new();
+        for _ in 0..120_000 {
+            outcome = std::fs::read_to_string(&report).unwrap_or_default();
+            if !outcome.is_empty() || run.is_finished() {
+                break;
+            }
+            pause();
+        }
+        let child: Option<i32> = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let mut lingered = false;
+        if let Some(c) = child {
+            // the kernel sends the parent-death signal at once; allow a loaded machine a while
+            for _ in 0..10_000 {
+                if !alive(c) {
+                    break;
+                }
+                pause();
+            }
+            lingered = alive(c);
+            if lingered {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &c.to_string()])
+                    .status();
+            }
+        }
+        (run.join().unwrap(), outcome, child, lingered)
+    });
+    let _ = std::fs::remove_file(&pidfile);
+    let _ = std::fs::remove_file(&report);
+    let child = child.unwrap_or_else(|| panic!("NVML was never reached: {outcome}\n{}", r.stderr));
+    let left = runc_list(&root);
+    if !left.is_empty() {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "-f", &b.id])
+            .output();
+    }
+    assert_eq!(outcome.trim(), "killed", "{}", r.stderr);
+    assert!(!r.ok && !r.has("started"), "{}", r.stdout);
+    assert!(!lingered, "the NVML child {child} outlived the killed hook");
+    assert!(left.is_empty(), "runc left {left:?} behind");
+    assert_no_cgroup_left(&b.id);
+    assert_eq!(mounts, our_mounts(None), "the host's mounts changed");
+}
+
 // ----------------------------------------------------------------------------- the wrong pid
 
 fn state_json(id: &str, pid: u32, b: &Bundle) -> String {

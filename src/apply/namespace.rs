@@ -69,3 +69,24 @@ impl MountNamespace {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_is_refused_and_a_gone_pid_is_named() {
+        let me = std::process::id() as i32;
+        match MountNamespace::of_pid(me) {
+            Err(Error::SharedMountNamespace { pid, .. }) => assert_eq!(pid, me),
+            Err(e) => panic!("expected SharedMountNamespace, got {e}"),
+            Ok(_) => panic!("nvhook's own mount namespace must be refused"),
+        }
+        // pid_max is at most 2^22: this pid cannot exist
+        match MountNamespace::of_pid(i32::MAX) {
+            Err(Error::ProcessGone { pid, .. }) => assert_eq!(pid, i32::MAX),
+            Err(e) => panic!("expected ProcessGone, got {e}"),
+            Ok(_) => panic!("pid {} exists?", i32::MAX),
+        }
+    }
+}
