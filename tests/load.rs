@@ -578,8 +578,10 @@ fn a_killed_hook_leaves_no_nvml_child_behind() {
             }
             lingered = alive(c);
             if lingered {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &c.to_string()])
+                // the shell's builtin kill: procps may not be installed
+                let _ = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("kill -KILL {c}"))
                     .status();
             }
         }
