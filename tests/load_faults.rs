@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use serde_json::Value;
+
 use common::*;
 use load::*;
 
@@ -55,7 +57,11 @@ fn sigkill_at_random_points_leaves_the_host_untouched() {
         ]);
         a
     };
-    let spec = Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], "echo started");
+    // "started" only when libcuda loads and opens exactly its one GPU
+    let spec = Spec::new(
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+        "probe cuda | grep -q 'cuInit=0 devices=1' && echo started",
+    );
 
     // How long the hook takes here, under runc: the kills are spread over [0, 1.5 x that].
     let mut took = Vec::new();
@@ -83,10 +89,19 @@ fn sigkill_at_random_points_leaves_the_host_untouched() {
     let host_cache = host_ldcache();
     let fixtures_before = tree(&fx.dir);
     let mut landed: BTreeMap<Landed, usize> = BTreeMap::new();
+    let mut retried = 0;
     let t = Instant::now();
     for i in 0..n {
-        let delay = rng.below(max_delay + 1);
+        // a tenth certainly too late (the hook finishes), a tenth at once, the rest spread over
+        // the run: the machine's load may change, the ends are still covered
+        let delay = match i % 10 {
+            0 => hook_us * 10,
+            1 => 0,
+            _ => rng.below(max_delay + 1),
+        };
         let b = bundle(&spec);
+        let plain: Value =
+            serde_json::from_slice(&std::fs::read(b.dir.join("config.json")).unwrap()).unwrap();
         let _ = std::fs::remove_file(&report);
         set_hook(
             &b,
@@ -150,6 +165,29 @@ fn sigkill_at_random_points_leaves_the_host_untouched() {
             (true, _, true) => Landed::AfterCache,
         };
         *landed.entry(l).or_default() += 1;
+        if killed {
+            // the runtime (or the user) tries again on the same bundle, with what the killed run
+            // left in the rootfs: the container must start with its GPU
+            std::fs::write(
+                b.dir.join("config.json"),
+                serde_json::to_vec(&plain).unwrap(),
+            )
+            .unwrap();
+            let again = runc_run(&root, &b);
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", &b.id])
+                .output();
+            assert!(
+                again.ok && again.has("started"),
+                "{what}\nthe retry failed:\n{}\n{}",
+                again.stdout,
+                again.stderr
+            );
+            assert_eq!(mounts_before, our_mounts(None), "{what}: retry");
+            retried += 1;
+        }
     }
     assert_eq!(host_cache, host_ldcache(), "the host's ld.so.cache changed");
     assert_eq!(
@@ -158,10 +196,10 @@ fn sigkill_at_random_points_leaves_the_host_untouched() {
         "the driver tree or fixtures changed"
     );
     eprintln!(
-        "load: {n} SIGKILLs over [0, {max_delay}] us (hook alone: {hook_us} us median of 5) in {:.1}s: {landed:?}",
+        "load: {n} SIGKILLs (a tenth at 0, a tenth at 10x the hook's run, the rest over [0, {max_delay}] us; hook alone: {hook_us} us median of 5) in {:.1}s: {landed:?}; {retried} killed runs retried, all started",
         t.elapsed().as_secs_f64()
     );
-    // the delays must have covered the run: some kills early, some mid-apply, some too late
+    // the kills covered the run: some before nvhook changed anything, some too late
     assert!(
         landed.contains_key(&Landed::BeforeChanges) && landed.contains_key(&Landed::Completed),
         "the kills did not spread over the hook's run: {landed:?}"
