@@ -24,7 +24,7 @@ pub enum Error {
     )]
     NoPid,
     #[error(
-        "the container's process {pid} is gone ({path}: {source}); the runtime must run nvhook while the container is being created"
+        "the container's process {pid} is gone ({path}: {source}): it exited or was killed before the hook ran (see the container's memory limit and the runtime's log), or nvhook is registered at a stage without a live container process (use prestart or createRuntime)"
     )]
     ProcessGone {
         pid: i32,

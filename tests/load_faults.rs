@@ -408,3 +408,54 @@ fn a_gone_or_wrong_pid_is_refused_and_touches_nothing() {
         "the root device cgroup changed"
     );
 }
+
+/// The container's process dies before nvhook runs (OOM, a signal): under runc, a first prestart
+/// hook kills it, nvhook runs second. nvhook names the gone process, runc fails the start and
+/// cleans up, and nothing is left on the host.
+#[test]
+fn the_container_killed_before_the_hook_is_a_clear_error_under_runc() {
+    let _g = serial();
+    require_tool("runc", "runc");
+    prepare_host();
+    let root = runc_root("gone");
+    let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], "echo started"));
+    let path = b.dir.join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let nvhook_hook = c["hooks"]["prestart"][0].clone();
+    // the host's own shell, not the image's: it reads the state and SIGKILLs the container's init
+    let killer = serde_json::json!({
+        "path": "/bin/sh",
+        "args": ["sh", "-c",
+            "pid=$(sed 's/.*\"pid\": *\\([0-9]*\\).*/\\1/'); kill -KILL \"$pid\"; \
+             while grep -qs '^State:.*[RSD]' /proc/$pid/status; do :; done"],
+    });
+    c["hooks"]["prestart"] = serde_json::json!([killer, nvhook_hook]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let mounts = our_mounts(None);
+    let r = runc_run(&root, &b);
+    let left = runc_list(&root);
+    if !left.is_empty() {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "-f", &b.id])
+            .output();
+    }
+    assert!(!r.ok && !r.has("started"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("nvhook: error:") && r.stderr.contains("is gone"),
+        "{}",
+        r.stderr
+    );
+    eprintln!("load: {}", r.stderr.trim());
+    assert!(left.is_empty(), "runc left {left:?} behind");
+    assert_no_cgroup_left(&b.id);
+    assert_eq!(mounts, our_mounts(None), "the host's mounts changed");
+    let v = &fixtures().version;
+    assert!(
+        !b.rootfs()
+            .join(format!("usr/lib/x86_64-linux-gnu/libcuda.so.{v}"))
+            .exists(),
+        "nvhook changed the rootfs of a container whose process was gone"
+    );
+}
