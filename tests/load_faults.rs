@@ -393,13 +393,32 @@ fn a_gone_or_wrong_pid_is_refused_and_touches_nothing() {
         check_untouched("pid 1");
     }
 
-    // an unrelated process with a mount namespace of its own, in the host's device cgroup:
-    // nvhook applies there (it cannot tell it from a container), and nothing reaches the host
+    // an unrelated process with a mount namespace and a device cgroup of its own: nvhook applies
+    // there (it cannot tell it from a container); that process's namespace and cgroup get the
+    // GPU, and nothing reaches the host
+    let cg = TestCgroup::new("nvhook-load-other");
     let mut other = process_in_own_mount_ns();
+    cg.add(other.id());
     let r = prestart(&state_json("other", other.id(), &b), &fx.config, false);
+    let in_ns =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", other.id())).unwrap_or_default();
     let _ = other.kill();
     let _ = other.wait();
     assert!(r.ok, "{}", r.stderr);
+    assert!(
+        in_ns.contains(&format!(
+            "/usr/lib/x86_64-linux-gnu/libcuda.so.{}",
+            fx.version
+        )),
+        "applied in the other process's namespace"
+    );
+    if cg.0.join("devices.list").exists() {
+        assert!(
+            cg.devices_list().contains("c 1:11 rwm"),
+            "{}",
+            cg.devices_list()
+        );
+    }
     assert_eq!(mounts, our_mounts(None), "the host's mounts changed");
     assert_eq!(host_cache, host_ldcache());
     assert_eq!(
