@@ -12,15 +12,37 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-/// A runc state directory of this test's own, so that `runc list` shows only its containers.
-pub fn runc_root(name: &str) -> PathBuf {
+/// A runc state directory of this test's own, so that `runc list` shows only its containers;
+/// removed when dropped.
+pub struct RuncRoot(PathBuf);
+
+impl std::ops::Deref for RuncRoot {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for RuncRoot {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for RuncRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn runc_root(name: &str) -> RuncRoot {
     let p = PathBuf::from(format!(
         "/run/nvhook-tests/load-{name}-{}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
-    p
+    RuncRoot(p)
 }
 
 /// Container ids in runc's state directory `root`.
