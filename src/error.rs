@@ -28,13 +28,17 @@ pub enum Error {
     )]
     HookStage { pid: i32 },
     #[error(
-        "the container's process {pid} is gone ({path}: {source}); the runtime must run nvhook while the container is being created"
+        "the container's process {pid} is gone ({path}: {source}): it exited or was killed before the hook ran (see the container's memory limit and the runtime's log), or nvhook is registered at a stage without a live container process (use prestart or createRuntime)"
     )]
     ProcessGone {
         pid: i32,
         path: PathBuf,
         source: nix::errno::Errno,
     },
+    #[error(
+        "the container's process {pid} is in nvhook's own mount namespace ({path}); applying there would mount onto the host: the container needs a mount namespace of its own (\"mount\" in the spec's linux.namespaces), and the state's \"pid\" must be its process"
+    )]
+    SharedMountNamespace { pid: i32, path: PathBuf },
 
     // --- the container's request -------------------------------------------------------------
     #[error("{var}: {reason}")]

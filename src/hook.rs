@@ -139,10 +139,22 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     }
     t.mark("cgroup");
     log::debug!("container {}: {}", container.id, t.summary());
+    if log::log_enabled!(log::Level::Debug) {
+        // for the load tests: the count must not grow from run to run
+        log::debug!("open file descriptors at the end: {}", open_fds());
+    }
     Ok(Outcome::Applied {
         devices: plan.devices.len(),
         mounts: plan.mounts.len(),
     })
+}
+
+/// How many descriptors this process has open (less the one that lists them).
+fn open_fds() -> String {
+    match std::fs::read_dir("/proc/self/fd") {
+        Ok(d) => d.count().saturating_sub(1).to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
 }
 
 /// Where `nvhook plan` reads the container from.

@@ -366,7 +366,8 @@ pub fn mig_instance_ids(device: &nvml_wrapper::Device<'_>) -> Result<(u32, u32),
 /// Run `f` in a forked child process and return the bytes it produced; the child exits right
 /// after. Used for NVML: its initialization starts threads, and `setns(CLONE_NEWNS)` refuses a
 /// multi-threaded process, so NVML must never run in the hook process itself; the child also
-/// isolates the hook from a library that can hang on a sick GPU (`timeout`, then SIGKILL).
+/// isolates the hook from a library that can hang on a sick GPU (`timeout`, then SIGKILL), and
+/// dies with the hook when the hook is killed (`PR_SET_PDEATHSIG`).
 ///
 /// Refuses (EBUSY) unless the calling process has exactly one thread: forking a multi-threaded
 /// process leaves the child with locks other threads held.
@@ -386,6 +387,8 @@ pub fn in_child(f: impl FnOnce() -> Vec<u8>, timeout: std::time::Duration) -> io
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
     // SAFETY: pipe2 succeeded, so both are new descriptors owned by nobody else.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: the process is single-threaded (checked above), so the child is a complete copy
     // whose only thread is this one: no lock can be held by a thread that does not exist there.
     // The child never returns into the caller's code: it runs `f`, writes, and `_exit`s (no
@@ -395,6 +398,17 @@ pub fn in_child(f: impl FnOnce() -> Vec<u8>, timeout: std::time::Duration) -> io
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
+        // The child dies with the hook: a hook killed while NVML hangs (a runtime's timeout, an
+        // OOM kill) must not leave a process on the host holding the driver open, and holding
+        // the runtime's hook pipes, which runc waits on for ever.
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            // the hook died before the prctl took effect: nobody will read the answer
+            // SAFETY: terminating the child without returning into the parent's stack.
+            unsafe { libc::_exit(1) };
+        }
         drop(rd);
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_default();
         let mut w = std::fs::File::from(wr);
