@@ -211,6 +211,31 @@ else
     ROWS+=("| crun-all | crun could not run on this host | SKIP |")
 fi
 
+# Load: PARALLEL (default 64) runc containers started at once, each with nvhook and its own CUDA
+# context; every one must list the GPU, verify the kernel and leave nothing behind.
+PAR=${PARALLEL:-64}
+mkdir -p "$WORK/par"
+for i in $(seq 1 "$PAR"); do
+    mkbundle "$WORK/par/$i" "$KIT/rootfs-debian.tar" false prestart /bin/sh -c "$FULL" -- NVIDIA_VISIBLE_DEVICES=all
+done
+mount | sort > "$WORK/par/mounts.before"
+par_start=$(date +%s%N)
+for i in $(seq 1 "$PAR"); do
+    ( runc run --bundle "$WORK/par/$i" "gpu-par-$i" > "$WORK/par/$i.out" 2>&1 < /dev/null; echo "rc=$?" >> "$WORK/par/$i.out"
+      runc delete -f "gpu-par-$i" >/dev/null 2>&1 ) &
+done
+wait
+par_ms=$(( ($(date +%s%N) - par_start) / 1000000 ))
+mount | sort > "$WORK/par/mounts.after"
+par_ok=0
+for i in $(seq 1 "$PAR"); do
+    grep -qE "$GPU_OK" "$WORK/par/$i.out" && grep -qE "$SMI_OK" "$WORK/par/$i.out" && grep -q '^rc=0$' "$WORK/par/$i.out" && par_ok=$((par_ok + 1))
+done
+left=$(runc list -q 2>/dev/null | grep -c '^gpu-par-' || true)
+{ echo "===== parallel: $PAR containers at once, $par_ok verified, ${par_ms} ms wall, $left left in runc list"; cat "$WORK/par/1.out"; } >> "$LOG"
+{ echo "parallel-ok=$par_ok/$PAR"; echo "left=$left"; cmp -s "$WORK/par/mounts.before" "$WORK/par/mounts.after" || echo "host-mounts:changed"; } > "$WORK/parallel.out"
+check parallel "$PAR runc containers started at once, each with nvhook: all list the GPU and verify the kernel ($par_ok/$PAR, ${par_ms} ms wall); none left in runc's state" "parallel-ok=$PAR/$PAR" 'left=0'
+
 {
     echo "nvhook GPU end-to-end kit"
     echo
