@@ -4,7 +4,7 @@ DESTDIR ?=
 HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
 CARGO ?= cargo
 
-.PHONY: build install uninstall test
+.PHONY: build install uninstall test deb rpm
 
 build:
 	$(CARGO) build --release --locked
@@ -24,6 +24,14 @@ install:
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nvhook $(DESTDIR)$(HOOKS_DIR)/nvhook.json
+
+# Packages (cargo install --locked cargo-deb / cargo-generate-rpm): target/debian/nvhook_*.deb,
+# target/generate-rpm/nvhook-*.rpm. Same files as `install`, with PREFIX=/usr.
+deb:
+	$(CARGO) deb --locked
+
+rpm: build
+	$(CARGO) generate-rpm
 
 # Every test: formatting, lints, unit tests, end-to-end tests with runc, crun and podman.
 # Needs root; installs missing Debian packages itself.

@@ -1,5 +1,7 @@
 //! End to end under podman (crun, its default runtime), with nvhook registered through a hooks
 //! directory holding the packaged hooks.d/nvhook.json, and `-e NVIDIA_VISIBLE_DEVICES=...`.
+//! With NVHOOK_TEST_INSTALLED=1 (.ci/run, after installing the .deb) the same tests run the
+//! installed package: podman's default hooks dirs, /usr/bin/nvhook, /etc/nvhook/config.toml.
 
 mod common;
 
@@ -134,4 +136,31 @@ fn unknown_uuid_message_reaches_podmans_output() {
         r.stderr
     );
     assert!(r.stderr.contains(GPU1_UUID), "{}", r.stderr);
+}
+
+#[test]
+fn the_registration_in_use() {
+    let p = podman();
+    let r = p
+        .run_checked(DEBIAN, &["NVIDIA_VISIBLE_DEVICES=all"], &[], REPORT)
+        .expect_ok("podman");
+    assert!(r.has("node:nvidia0"), "{}", r.stdout);
+    if installed_mode() {
+        // podman found the package's registration by itself, and the package's config file is
+        // back in place after the run (it pointed at the fixture tree only during it)
+        assert!(p.hooks_dir.is_none());
+        assert_eq!(
+            installed_config_between_runs(),
+            std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/packaging/config.toml"
+            ))
+            .unwrap()
+        );
+    } else {
+        let dir = p.hooks_dir.as_ref().expect("a test hooks dir");
+        let hook: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("nvhook.json")).unwrap()).unwrap();
+        assert_eq!(hook["hook"]["path"], nvhook());
+    }
 }

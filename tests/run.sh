@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust >= 1.85, e.g. from rustup.rs)" >&2; exit 1; }
 
-PKGS="runc crun podman conmon busybox-static build-essential iproute2 util-linux uidmap catatonit"
+PKGS="runc crun podman conmon busybox-static build-essential python3 iproute2 util-linux uidmap catatonit groff-base python3-venv shellcheck"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -23,6 +23,18 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     apt-get install -y -qq $missing >/dev/null
 fi
+
+# kubernetes-validate (PyPI; carries the schemas of each Kubernetes release and validates offline)
+# for tests/packaging.rs, in a venv under target/ (Debian's python refuses a global pip install).
+K8S_VALIDATE_VERSION=1.37.0
+venv=target/tools/k8s-venv
+if [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$K8S_VALIDATE_VERSION" ]; then
+    echo "tests/run.sh: installing kubernetes-validate $K8S_VALIDATE_VERSION in $venv (pip)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
+fi
+export NVHOOK_K8S_VALIDATE="$PWD/$venv/bin/kubernetes-validate"
 
 start=$(date +%s)
 echo "== cargo fmt --check"

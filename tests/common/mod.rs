@@ -319,7 +319,98 @@ pub struct Podman {
     root: PathBuf,
     /// podman refuses a runroot of more than 50 characters: it lives under /run.
     runroot: PathBuf,
-    pub hooks_dir: PathBuf,
+    /// Our hooks dir (`--hooks-dir`); None in installed mode, where podman reads its defaults.
+    pub hooks_dir: Option<PathBuf>,
+}
+
+/// `NVHOOK_TEST_INSTALLED=1` (set by .ci/run after `dpkg -i` of the .deb): the podman tests run
+/// nvhook as the package installed it, /usr/bin/nvhook registered by
+/// /usr/share/containers/oci/hooks.d/nvhook.json, found by podman's default hooks dirs (no
+/// `--hooks-dir`), reading /etc/nvhook/config.toml. Missing package files are a failure.
+pub fn installed_mode() -> bool {
+    std::env::var("NVHOOK_TEST_INSTALLED").is_ok_and(|v| v == "1")
+}
+
+pub const INSTALLED_BIN: &str = "/usr/bin/nvhook";
+pub const INSTALLED_HOOK: &str = "/usr/share/containers/oci/hooks.d/nvhook.json";
+pub const INSTALLED_CONFIG: &str = "/etc/nvhook/config.toml";
+const INSTALLED_CONFIG_ORIG: &str = "/etc/nvhook/config.toml.nvhook-test-orig";
+
+/// Checks what the package must have installed; panics naming what is missing.
+fn check_installed_package() {
+    let st = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "nvhook"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        st, "install ok installed",
+        "NVHOOK_TEST_INSTALLED=1 but the nvhook package is not installed (make deb; dpkg -i target/debian/nvhook_*.deb)"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(INSTALLED_BIN)
+        .unwrap_or_else(|e| panic!("{INSTALLED_BIN}: {e}: the package must install it"));
+    assert!(
+        m.is_file() && m.permissions().mode() & 0o111 != 0,
+        "{INSTALLED_BIN} is not executable"
+    );
+    let text = std::fs::read(INSTALLED_HOOK)
+        .unwrap_or_else(|e| panic!("{INSTALLED_HOOK}: {e}: the package must install it"));
+    let hook: Value =
+        serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{INSTALLED_HOOK}: not JSON: {e}"));
+    assert_eq!(
+        hook["hook"]["path"],
+        json!(INSTALLED_BIN),
+        "{INSTALLED_HOOK}: {hook}"
+    );
+    assert_eq!(
+        hook["hook"]["args"],
+        json!(["nvhook", "prestart"]),
+        "{INSTALLED_HOOK}: {hook}"
+    );
+    assert!(
+        Path::new(INSTALLED_CONFIG).is_file(),
+        "{INSTALLED_CONFIG}: the package must install it (a conffile)"
+    );
+}
+
+static CONFIG_SWAP: Mutex<()> = Mutex::new(());
+
+/// /etc/nvhook/config.toml as it is between container runs (installed mode).
+pub fn installed_config_between_runs() -> String {
+    let _g = CONFIG_SWAP.lock().unwrap_or_else(|e| e.into_inner());
+    std::fs::read_to_string(INSTALLED_CONFIG).unwrap_or_else(|e| panic!("{INSTALLED_CONFIG}: {e}"))
+}
+
+/// In installed mode, /etc/nvhook/config.toml points at the fixture tree for the length of one
+/// container run; the package's file comes back on drop (also when the test panics). The
+/// original is kept by a hard link, so restoring it is one rename; one left by a killed run is
+/// put back first.
+struct InstalledConfig;
+
+impl InstalledConfig {
+    fn swap_in(fixture_config: &Path) -> InstalledConfig {
+        let (etc, orig) = (
+            Path::new(INSTALLED_CONFIG),
+            Path::new(INSTALLED_CONFIG_ORIG),
+        );
+        if orig.exists() {
+            std::fs::rename(orig, etc).expect("restore the config of an interrupted run");
+        }
+        std::fs::hard_link(etc, orig).expect("keep the package's /etc/nvhook/config.toml");
+        let tmp = etc.with_extension("toml.nvhook-test-tmp");
+        std::fs::copy(fixture_config, &tmp).expect("write the fixture config");
+        std::fs::rename(&tmp, etc).expect("put the fixture config in place");
+        InstalledConfig
+    }
+}
+
+impl Drop for InstalledConfig {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::rename(INSTALLED_CONFIG_ORIG, INSTALLED_CONFIG) {
+            eprintln!("could not restore {INSTALLED_CONFIG} from {INSTALLED_CONFIG_ORIG}: {e}");
+        }
+    }
 }
 
 impl Podman {
@@ -359,18 +450,31 @@ impl Podman {
             "--log-driver",
             "k8s-file",
         ])
-        .arg("--hooks-dir")
-        .arg(if hooks { &self.hooks_dir } else { &no_hooks })
         .args([
             "--ulimit",
             "nofile=1024:1024",
             "--ulimit",
             "nproc=1024:1024",
         ]);
+        // No hooks: an empty hooks dir (it replaces podman's default ones). Installed mode (no
+        // hooks dir of our own): podman's default dirs, where the package put its registration.
+        match (&self.hooks_dir, hooks) {
+            (_, false) => {
+                c.arg("--hooks-dir").arg(&no_hooks);
+            }
+            (Some(dir), true) => {
+                c.arg("--hooks-dir").arg(dir);
+            }
+            (None, true) => {}
+        }
         for e in env {
             c.args(["-e", e]);
         }
         c.args(extra).arg(image).args(["/bin/sh", "-c", script]);
+        let _config = (hooks && self.hooks_dir.is_none()).then(|| {
+            let lock = CONFIG_SWAP.lock().unwrap_or_else(|e| e.into_inner());
+            (InstalledConfig::swap_in(&fixtures().config), lock)
+        });
         Run::from(c.stdin(Stdio::null()).output().unwrap())
     }
 
@@ -411,7 +515,8 @@ impl Podman {
 }
 
 /// A podman with its own storage, the fixture images imported, and a hooks dir holding
-/// nvhook's registration (the packaged hooks.d file, pointed at the test binary and config).
+/// nvhook's registration (the packaged hooks.d file, pointed at the test binary and config),
+/// or, in installed mode, the package's own registration.
 pub fn podman() -> &'static Podman {
     static P: OnceLock<Podman> = OnceLock::new();
     P.get_or_init(|| {
@@ -434,21 +539,28 @@ pub fn podman() -> &'static Podman {
         let _ = std::fs::remove_dir_all(&root);
         let runroot = PathBuf::from("/run/nvhook-tests").join(&name);
         let _ = std::fs::remove_dir_all(&runroot);
-        let hooks_dir = root.join("hooks.d");
-        std::fs::create_dir_all(&hooks_dir).unwrap();
-        let packaged: Value = serde_json::from_slice(
-            &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks.d/nvhook.json"))
-                .unwrap(),
-        )
-        .unwrap();
-        let mut hook = packaged.clone();
-        hook["hook"]["path"] = json!(nvhook());
-        hook["hook"]["args"] = json!(["nvhook", "--config", fx.config, "prestart"]);
-        std::fs::write(
-            hooks_dir.join("nvhook.json"),
-            serde_json::to_vec(&hook).unwrap(),
-        )
-        .unwrap();
+        let hooks_dir = if installed_mode() {
+            check_installed_package();
+            std::fs::create_dir_all(&root).unwrap();
+            None
+        } else {
+            let hooks_dir = root.join("hooks.d");
+            std::fs::create_dir_all(&hooks_dir).unwrap();
+            let packaged: Value = serde_json::from_slice(
+                &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks.d/nvhook.json"))
+                    .unwrap(),
+            )
+            .unwrap();
+            let mut hook = packaged.clone();
+            hook["hook"]["path"] = json!(nvhook());
+            hook["hook"]["args"] = json!(["nvhook", "--config", fx.config, "prestart"]);
+            std::fs::write(
+                hooks_dir.join("nvhook.json"),
+                serde_json::to_vec(&hook).unwrap(),
+            )
+            .unwrap();
+            Some(hooks_dir)
+        };
         let p = Podman {
             root,
             runroot,
