@@ -459,7 +459,7 @@ fn v_bytes_mutated() -> impl Strategy<Value = Vec<u8>> {
 }
 
 #[test]
-fn state() {
+fn fuzz_state() {
     run("state", 3000, json_bytes(state_json()), |b| fuzz::state(&b));
 }
 
@@ -514,19 +514,19 @@ fn bundle_json() -> impl Strategy<Value = Value> {
 }
 
 #[test]
-fn bundle_config() {
+fn fuzz_bundle_config() {
     run("bundle_config", 500, json_bytes(bundle_json()), |b| {
         fuzz::bundle_config(&b)
     });
 }
 
 #[test]
-fn request() {
+fn fuzz_request() {
     run("request", 2000, request_input(), |i| fuzz::request(&i));
 }
 
 #[test]
-fn require() {
+fn fuzz_require() {
     let expr = (
         vec(select(WORDS), 0..6),
         select(&[" ", ",", ", ", "  "][..]),
@@ -573,7 +573,7 @@ fn require() {
 }
 
 #[test]
-fn config_toml() {
+fn fuzz_config_toml() {
     let key = select(
         &[
             "driver-root",
@@ -718,7 +718,7 @@ fn our_entries() -> impl Strategy<Value = Vec<Entry>> {
 }
 
 #[test]
-fn ldcache() {
+fn fuzz_ldcache() {
     let input = prop_oneof![
         8 => (0..cache_seeds().len(), vec(mutation(), 0..8)).prop_map(|(s, ms)| mutate(cache_seeds()[s].clone(), &ms)),
         1 => (1usize..4_000, 1usize..2_000).prop_map(|(n, len)| shared_string_cache(n, len)),
@@ -857,7 +857,7 @@ fn elf_seeds() -> &'static [Vec<u8>] {
 }
 
 #[test]
-fn elf() {
+fn fuzz_elf() {
     // the seeds themselves parse to what was built into them
     let seeds = elf_seeds();
     for s in &seeds[..2] {
@@ -877,7 +877,7 @@ fn elf() {
 }
 
 #[test]
-fn proc_files() {
+fn fuzz_proc_files() {
     let info_line = (
         select(
             &[
@@ -981,7 +981,7 @@ fn proc_files() {
 /// whose config.json carries a generated hostile environment and mounts. Whatever the container
 /// asks, the plan holds only the host's nodes at `/dev/<name>`, and targets inside the rootfs.
 #[test]
-fn plan_end_to_end() {
+fn fuzz_plan_end_to_end() {
     let fx = common::fixtures();
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-plan");
     std::fs::create_dir_all(&dir).unwrap();
