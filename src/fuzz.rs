@@ -387,7 +387,7 @@ pub fn ldcache(bytes: &[u8], ours: &[Entry]) {
             .filter(|e| e.key == n.key && e.flags == n.flags)
             .collect::<Vec<_>>();
         assert!(
-            found.iter().any(|e| *e == n),
+            found.contains(&n),
             "our entry {n:?} is not in the merged cache"
         );
     }

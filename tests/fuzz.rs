@@ -515,14 +515,14 @@ fn bundle_json() -> impl Strategy<Value = Value> {
 
 #[test]
 fn fuzz_bundle_config() {
-    run("bundle_config", 500, json_bytes(bundle_json()), |b| {
+    run("bundle_config", 300, json_bytes(bundle_json()), |b| {
         fuzz::bundle_config(&b)
     });
 }
 
 #[test]
 fn fuzz_request() {
-    run("request", 2000, request_input(), |i| fuzz::request(&i));
+    run("request", 1000, request_input(), |i| fuzz::request(&i));
 }
 
 #[test]
