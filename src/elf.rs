@@ -209,7 +209,7 @@ fn read_from<S: Source + ?Sized>(file: &S) -> Result<ElfInfo, ElfError> {
             let file_off = loads
                 .iter()
                 .find(|(va, _, sz)| strtab >= *va && strtab < va.saturating_add(*sz))
-                .map(|(va, off, _)| strtab - va + off)
+                .and_then(|(va, off, _)| (strtab - va).checked_add(*off))
                 .ok_or(ElfError::Malformed("DT_STRTAB outside loaded segments"))?;
             let raw = r
                 .bytes(file_off.saturating_add(idx), 256)
@@ -358,6 +358,27 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
         assert_eq!(v.as_deref(), Some("12.4"));
         assert_eq!(none, None);
+    }
+
+    /// A PT_LOAD offset near 2^64 overflowed the DT_STRTAB address -> offset sum (a panic in
+    /// debug builds); read while writing the fuzz harness.
+    #[test]
+    fn huge_segment_offset_is_malformed_not_a_panic() {
+        let cache =
+            crate::ldcache::LdCache::parse(&std::fs::read("/etc/ld.so.cache").unwrap()).unwrap();
+        let e = cache
+            .lookup("libc.so.6", crate::ldcache::native_flags())
+            .unwrap();
+        let mut b = std::fs::read(&e.value).unwrap();
+        let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
+        let (phentsize, phnum) = (u16_at(&b, 54) as usize, u16_at(&b, 56) as usize);
+        for i in 0..phnum {
+            let p = phoff + i * phentsize;
+            if u32_at(&b, p) == PT_LOAD {
+                b[p + 8..p + 16].copy_from_slice(&(u64::MAX - 16).to_le_bytes());
+            }
+        }
+        assert!(read_bytes(&b).is_err());
     }
 
     #[test]

@@ -364,7 +364,14 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         4 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Byte(i, b)),
         3 => (any::<Index>(), word).prop_map(|(i, w)| Mutation::U32(i, w)),
-        1 => (any::<Index>(), any::<u64>()).prop_map(|(i, w)| Mutation::U64(i, w)),
+        2 => (
+            any::<Index>(),
+            prop_oneof![
+                select(&[0u64, 1 << 32, 1 << 63, u64::MAX - 0xfff, u64::MAX][..]),
+                any::<u64>()
+            ]
+        )
+            .prop_map(|(i, w)| Mutation::U64(i, w)),
         1 => any::<Index>().prop_map(Mutation::Truncate),
         1 => (any::<Index>(), vec(any::<u8>(), 1..16)).prop_map(|(i, b)| Mutation::Insert(i, b)),
         1 => (any::<Index>(), any::<Index>(), 1usize..64).prop_map(|(a, b, n)| Mutation::CopyWithin(a, b, n)),
