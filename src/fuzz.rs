@@ -56,7 +56,10 @@ pub fn bundle_config(bytes: &[u8]) {
         check_error("config.json (process.env)", e);
     }
     match b.container(None) {
-        Ok(c) => {
+        // (serde also reads a struct from a JSON array, field by field: oci-spec's Spec takes
+        // `[" ", [" ,"]]`, the fast path refuses it; no runtime writes an array, and refusing
+        // one is right, so the two must agree on objects only; found by cargo-fuzz)
+        Ok(c) if bytes.trim_ascii_start().starts_with(b"{") => {
             let (env, _) = fast.expect("the full spec parsed but process.env did not");
             assert_eq!(env, c.env, "process.env differs between the two parsers");
             assert!(
@@ -73,6 +76,7 @@ pub fn bundle_config(bytes: &[u8]) {
                 ..RequestInput::default()
             });
         }
+        Ok(_) => {}
         Err(e) => check_error("config.json", &e),
     }
 }
