@@ -217,6 +217,11 @@ fn driver(f: &mut Findings, c: &Config) -> Option<String> {
 /// The majors /proc/devices gives the driver's character devices.
 fn proc_majors(proc_root: &Path, names: &[&str]) -> Vec<u64> {
     let text = std::fs::read_to_string(proc_root.join("devices")).unwrap_or_default();
+    parse_proc_devices(&text, names)
+}
+
+/// The character-device majors `/proc/devices` lists under `names`.
+pub fn parse_proc_devices(text: &str, names: &[&str]) -> Vec<u64> {
     text.lines()
         .take_while(|l| !l.starts_with("Block"))
         .filter_map(|l| l.trim().split_once(' '))

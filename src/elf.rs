@@ -44,18 +44,55 @@ pub enum ElfError {
     Io(#[from] std::io::Error),
 }
 
-struct Reader<'a> {
-    file: &'a File,
+/// Where the ELF bytes come from: an open file (positioned reads, nothing read that is not
+/// asked for) or a buffer (what the fuzz harnesses feed).
+trait Source {
+    /// Read up to `buf.len()` bytes at `off`; the count read.
+    fn pread(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize>;
+    /// Read exactly `len` bytes at `off`, or fail.
+    fn pread_exact(&self, off: u64, len: usize) -> std::io::Result<Vec<u8>>;
+}
+
+impl Source for File {
+    fn pread(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        self.read_at(buf, off)
+    }
+    fn pread_exact(&self, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        self.read_exact_at(&mut b, off)?;
+        Ok(b)
+    }
+}
+
+impl Source for [u8] {
+    fn pread(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        let rest = usize::try_from(off)
+            .ok()
+            .and_then(|o| self.get(o..))
+            .unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+    fn pread_exact(&self, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        usize::try_from(off)
+            .ok()
+            .and_then(|o| self.get(o..o.checked_add(len)?))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+struct Reader<'a, S: Source + ?Sized> {
+    file: &'a S,
     wide: bool,
 }
 
-impl Reader<'_> {
+impl<S: Source + ?Sized> Reader<'_, S> {
     fn bytes(&self, off: u64, len: usize) -> Result<Vec<u8>, ElfError> {
-        let mut b = vec![0u8; len];
         self.file
-            .read_exact_at(&mut b, off)
-            .map_err(|_| ElfError::Malformed("read past end of file"))?;
-        Ok(b)
+            .pread_exact(off, len)
+            .map_err(|_| ElfError::Malformed("read past end of file"))
     }
     fn word(&self, b: &[u8], off: usize) -> u64 {
         if self.wide {
@@ -81,9 +118,18 @@ pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
 /// Read the soname and ABI of an open ELF file (which may come from a container image: every
 /// offset is bounds-checked through positioned reads, and sizes are capped).
 pub fn read_file(file: &File) -> Result<ElfInfo, ElfError> {
+    read_from(file)
+}
+
+/// [`read_file`] of an ELF image in memory (the fuzz harnesses' entry point).
+pub fn read_bytes(bytes: &[u8]) -> Result<ElfInfo, ElfError> {
+    read_from(bytes)
+}
+
+fn read_from<S: Source + ?Sized>(file: &S) -> Result<ElfInfo, ElfError> {
     let ident = {
         let mut b = [0u8; 64];
-        let n = file.read_at(&mut b, 0)?;
+        let n = file.pread(&mut b, 0)?;
         if n < 52 || &b[..4] != b"\x7fELF" {
             return Err(ElfError::NotElf);
         }
@@ -163,7 +209,7 @@ pub fn read_file(file: &File) -> Result<ElfInfo, ElfError> {
             let file_off = loads
                 .iter()
                 .find(|(va, _, sz)| strtab >= *va && strtab < va.saturating_add(*sz))
-                .map(|(va, off, _)| strtab - va + off)
+                .and_then(|(va, off, _)| (strtab - va).checked_add(*off))
                 .ok_or(ElfError::Malformed("DT_STRTAB outside loaded segments"))?;
             let raw = r
                 .bytes(file_off.saturating_add(idx), 256)
@@ -183,9 +229,18 @@ pub fn read_file(file: &File) -> Result<ElfInfo, ElfError> {
 /// description, `{"CUDA Version": "13.0", ...}`, owner "NVIDIA Corporation"), read without loading
 /// the library. NVIDIA's toolkit reads the same note of forward-compat libcuda copies.
 pub fn cuda_version_note(file: &File) -> Option<String> {
+    note_from(file)
+}
+
+/// [`cuda_version_note`] of an ELF image in memory (the fuzz harnesses' entry point).
+pub fn cuda_version_note_bytes(bytes: &[u8]) -> Option<String> {
+    note_from(bytes)
+}
+
+fn note_from<S: Source + ?Sized>(file: &S) -> Option<String> {
     const SHT_NOTE: u32 = 7;
     let mut h = [0u8; 64];
-    if file.read_at(&mut h, 0).ok()? < 52 || &h[..4] != b"\x7fELF" || h[5] != 1 {
+    if file.pread(&mut h, 0).ok()? < 52 || &h[..4] != b"\x7fELF" || h[5] != 1 {
         return None;
     }
     let wide = h[4] == 2;
@@ -303,6 +358,27 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
         assert_eq!(v.as_deref(), Some("12.4"));
         assert_eq!(none, None);
+    }
+
+    /// A PT_LOAD offset near 2^64 overflowed the DT_STRTAB address -> offset sum (a panic in
+    /// debug builds); read while writing the fuzz harness.
+    #[test]
+    fn huge_segment_offset_is_malformed_not_a_panic() {
+        let cache =
+            crate::ldcache::LdCache::parse(&std::fs::read("/etc/ld.so.cache").unwrap()).unwrap();
+        let e = cache
+            .lookup("libc.so.6", crate::ldcache::native_flags())
+            .unwrap();
+        let mut b = std::fs::read(&e.value).unwrap();
+        let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
+        let (phentsize, phnum) = (u16_at(&b, 54) as usize, u16_at(&b, 56) as usize);
+        for i in 0..phnum {
+            let p = phoff + i * phentsize;
+            if u32_at(&b, p) == PT_LOAD {
+                b[p + 8..p + 16].copy_from_slice(&(u64::MAX - 16).to_le_bytes());
+            }
+        }
+        assert!(read_bytes(&b).is_err());
     }
 
     #[test]

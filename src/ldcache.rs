@@ -39,6 +39,13 @@ const EXT_TAG_GLIBC_HWCAPS: u32 = 1;
 const HWCAP_EXTENSION: u64 = 1 << 62;
 /// Refuse caches larger than this: the biggest real ones are a few MiB.
 pub const MAX_CACHE_SIZE: usize = 64 << 20;
+/// The longest name read: a path ld.so could open is shorter (PATH_MAX).
+pub const MAX_NAME_LEN: usize = 4096;
+/// Every entry of a hostile cache can point at the same long string: the names read are bounded
+/// by this many times the file's size (real caches decode to less than twice their size).
+pub const MAX_NAMES_FACTOR: usize = 4;
+/// ... plus this much, for tiny files.
+pub const MAX_NAMES_SLACK: usize = 64 << 10;
 
 /// `FLAG_ELF_LIBC6`: a glibc ELF library. Arch bits are or-ed in above it.
 pub const FLAG_ELF_LIBC6: i32 = 0x0003;
@@ -57,12 +64,18 @@ pub enum LdCacheError {
     Truncated(&'static str),
     #[error("big-endian caches are not supported")]
     BigEndian,
-    #[error("string offset {0} is outside the file or not NUL-terminated")]
+    #[error(
+        "string offset {0} is outside the file, not NUL-terminated or longer than {MAX_NAME_LEN} bytes"
+    )]
     BadString(u32),
     #[error("file is larger than {MAX_CACHE_SIZE} bytes")]
     TooLarge,
     #[error("a name contains a NUL byte")]
     NulInName,
+    #[error(
+        "its names add up to more than {MAX_NAMES_FACTOR} times its size (entries share one string)"
+    )]
+    NamesTooLarge,
 }
 
 /// One library in the cache.
@@ -120,8 +133,11 @@ fn cbytes_at(buf: &[u8], base: usize, off: u32) -> Result<&[u8], LdCacheError> {
         .checked_add(off as usize)
         .filter(|s| *s < buf.len())
         .ok_or(LdCacheError::BadString(off))?;
+    // never scan further than a name can be long: a string without NUL named by every entry
+    // would make the parse quadratic
     let len = buf[start..]
         .iter()
+        .take(MAX_NAME_LEN + 1)
         .position(|b| *b == 0)
         .ok_or(LdCacheError::BadString(off))?;
     Ok(&buf[start..start + len])
@@ -130,8 +146,20 @@ fn cbytes_at(buf: &[u8], base: usize, off: u32) -> Result<&[u8], LdCacheError> {
 /// A NUL-terminated string at `base + off`. Invalid UTF-8 is kept lossily: names are compared as
 /// bytes by ld.so, but no real library name is non-UTF-8 and we never write such a name back
 /// unless it came from the same file.
-fn cstr_at(buf: &[u8], base: usize, off: u32) -> Result<String, LdCacheError> {
-    Ok(String::from_utf8_lossy(cbytes_at(buf, base, off)?).into_owned())
+fn cstr_at(buf: &[u8], base: usize, off: u32, budget: &mut usize) -> Result<String, LdCacheError> {
+    let s = String::from_utf8_lossy(cbytes_at(buf, base, off)?).into_owned();
+    // found by tests/fuzz.rs: 20,000 entries naming one 5 KB string made a 0.5 MB file decode
+    // to 200 MB
+    *budget = budget
+        .checked_sub(s.len())
+        .ok_or(LdCacheError::NamesTooLarge)?;
+    Ok(s)
+}
+
+/// How many bytes of names a file of `len` bytes may decode to.
+fn names_budget(len: usize) -> usize {
+    len.saturating_mul(MAX_NAMES_FACTOR)
+        .saturating_add(MAX_NAMES_SLACK)
 }
 
 impl LdCache {
@@ -173,6 +201,7 @@ impl LdCache {
         keep: &impl Fn(&[u8]) -> bool,
     ) -> Result<Self, LdCacheError> {
         let mut entries = Vec::with_capacity(nlibs);
+        let mut budget = names_budget(buf.len());
         for i in 0..nlibs {
             let at = OLD_HEADER_LEN + i * OLD_ENTRY_LEN;
             let flags = u32_at(buf, at).ok_or(LdCacheError::Truncated("old entry"))? as i32;
@@ -182,8 +211,8 @@ impl LdCache {
                 continue;
             }
             entries.push(Entry {
-                key: cstr_at(buf, strings, key)?,
-                value: cstr_at(buf, strings, value)?,
+                key: cstr_at(buf, strings, key, &mut budget)?,
+                value: cstr_at(buf, strings, value, &mut budget)?,
                 flags,
                 osversion: 0,
                 hwcap: 0,
@@ -213,6 +242,7 @@ impl LdCache {
             .filter(|n| base + NEW_HEADER_LEN + n <= buf.len())
             .ok_or(LdCacheError::Truncated("entries"))?;
         let mut entries = Vec::with_capacity(entries_len / NEW_ENTRY_LEN);
+        let mut budget = names_budget(buf.len());
         for i in 0..nlibs {
             let at = base + NEW_HEADER_LEN + i * NEW_ENTRY_LEN;
             let t = LdCacheError::Truncated("entry");
@@ -225,15 +255,15 @@ impl LdCache {
                 continue;
             }
             entries.push(Entry {
-                key: cstr_at(buf, base, key)?,
-                value: cstr_at(buf, base, value)?,
+                key: cstr_at(buf, base, key, &mut budget)?,
+                value: cstr_at(buf, base, value, &mut budget)?,
                 flags,
                 osversion,
                 hwcap,
             });
         }
         let hwcaps = if ext_off != 0 {
-            Self::parse_hwcaps(buf, base, ext_off)?
+            Self::parse_hwcaps(buf, base, ext_off, &mut budget)?
         } else {
             Vec::new()
         };
@@ -241,7 +271,12 @@ impl LdCache {
     }
 
     /// The glibc-hwcaps names of the extension directory. Unknown sections are skipped, as ld.so does.
-    fn parse_hwcaps(buf: &[u8], base: usize, ext_off: usize) -> Result<Vec<String>, LdCacheError> {
+    fn parse_hwcaps(
+        buf: &[u8],
+        base: usize,
+        ext_off: usize,
+        budget: &mut usize,
+    ) -> Result<Vec<String>, LdCacheError> {
         let at = base.saturating_add(ext_off);
         if u32_at(buf, at) != Some(EXTENSION_MAGIC) {
             // ld.so ignores a missing or bad extension block; so do we.
@@ -261,7 +296,7 @@ impl LdCache {
             for j in 0..size / 4 {
                 let off = u32_at(buf, base.saturating_add(offset).saturating_add(j * 4))
                     .ok_or(LdCacheError::Truncated("glibc-hwcaps array"))?;
-                names.push(cstr_at(buf, base, off)?);
+                names.push(cstr_at(buf, base, off, budget)?);
             }
         }
         Ok(names)
@@ -528,6 +563,41 @@ mod tests {
         for n in 0..bytes.len() {
             let _ = LdCache::parse(&bytes[..n]);
         }
+    }
+
+    /// Found by tests/fuzz.rs: every entry naming one long string (a small file that decodes to
+    /// gigabytes) is refused after a bounded amount of work.
+    #[test]
+    fn entries_sharing_one_long_string_are_bounded() {
+        let (n, len) = (40_000usize, 4000usize);
+        let strings_at = (NEW_HEADER_LEN + n * NEW_ENTRY_LEN) as u32;
+        let mut b = NEW_MAGIC.to_vec();
+        b.extend_from_slice(&(n as u32).to_le_bytes());
+        b.extend_from_slice(&(len as u32 + 1).to_le_bytes());
+        b.push(2);
+        b.resize(NEW_HEADER_LEN, 0);
+        for _ in 0..n {
+            for v in [native_flags() as u32, strings_at, strings_at, 0, 0, 0] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        b.resize(strings_at as usize + len, b'l');
+        b.push(0);
+        // 1 MB of file, 320 MB of names
+        assert_eq!(LdCache::parse(&b), Err(LdCacheError::NamesTooLarge));
+        // a name past PATH_MAX is refused without scanning on
+        let long = LdCache {
+            entries: vec![Entry::new(
+                "x".repeat(MAX_NAME_LEN + 1),
+                "/x",
+                native_flags(),
+            )],
+            hwcaps: Vec::new(),
+        };
+        assert!(matches!(
+            LdCache::parse(&long.to_bytes().unwrap()),
+            Err(LdCacheError::BadString(_))
+        ));
     }
 
     #[test]

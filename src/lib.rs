@@ -15,6 +15,8 @@ pub mod devnode;
 pub mod doctor;
 pub mod elf;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hook;
 pub mod layout;
 pub mod ldcache;

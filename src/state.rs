@@ -143,11 +143,16 @@ impl BundleConfig {
             path: path.clone(),
             source,
         })?;
-        Ok(BundleConfig {
+        Ok(Self::from_bytes(bundle, text))
+    }
+
+    /// A bundle whose `config.json` holds `text` (read already, or fed by a fuzz harness).
+    pub fn from_bytes(bundle: &Path, text: Vec<u8>) -> BundleConfig {
+        BundleConfig {
             bundle: bundle.to_owned(),
-            path,
+            path: bundle.join("config.json"),
             text,
-        })
+        }
     }
 
     /// `process.env` alone, and whether any mount targets the device-list directory

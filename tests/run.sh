@@ -42,7 +42,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (unit + end to end)"
-cargo test --workspace --locked -- --test-threads=2
+cargo test --workspace --locked -- --test-threads=2 --skip fuzz_
+echo "== fuzzing, bounded (tests/fuzz.rs; prints execs and time per parser; docs/fuzzing.md)"
+cargo test --locked --test fuzz -- --test-threads=2 --nocapture
 echo "== benchmark smoke test (bench/run.sh, small N: it must run and report, no timing is judged)"
 out=$(NVHOOK_BIN="$PWD/target/debug/nvhook" FIXTURES=/tmp/nvhook-bench-smoke bash bench/run.sh --n 3 --warmup 1 --breakdown-n 2 2>&1) || { echo "$out"; exit 1; }
 for want in "(a) runc alone" "(z) runc, no-op hook" "(b) nvhook, no GPU asked" "(c) nvhook, all GPUs" "| (c) |"; do

@@ -64,11 +64,15 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+        // `\ooo` up to \377 (a byte); `\777` overflowed a u8 (found by tests/fuzz.rs)
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        if let Some(v) = octal {
             out.push(v);
             i += 4;
         } else {
@@ -105,18 +109,72 @@ fn parse_mountinfo(text: &str) -> (Option<CgroupMount>, Option<CgroupMount>) {
 }
 
 /// The directory of cgroup `path` (from /proc/pid/cgroup) under `mount`.
-fn cgroup_dir(mount: &CgroupMount, path: &str) -> PathBuf {
+fn cgroup_dir(mount: &CgroupMount, path: &str) -> Result<PathBuf, Error> {
     let rel = if mount.root != "/" {
         path.strip_prefix(mount.root.as_str()).unwrap_or(path)
     } else {
         path
     };
+    // The kernel writes `/..` components for a cgroup outside the reader's cgroup namespace;
+    // joined to the mount point they would lead out of the hierarchy (found by tests/fuzz.rs).
+    if rel.split('/').any(|c| c == "..") {
+        return Err(Error::CgroupNotFound {
+            reason: format!(
+                "the process's cgroup {path} lies outside nvhook's cgroup namespace; run the hook in the runtime's cgroup namespace"
+            ),
+        });
+    }
     let rel = rel.trim_start_matches('/');
-    if rel.is_empty() {
+    Ok(if rel.is_empty() {
         mount.mount_point.clone()
     } else {
         mount.mount_point.join(rel)
+    })
+}
+
+/// The directories of a process's device cgroup, before they are opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupDirs {
+    /// The v1 `devices` cgroup.
+    pub v1: Option<PathBuf>,
+    /// cgroup2 directories from the process's cgroup up to the mount root.
+    pub v2: Vec<PathBuf>,
+}
+
+/// Where the cgroup of a process lies, from its `/proc/<pid>/cgroup` and our mountinfo (pure:
+/// the fuzz harnesses feed it any text).
+pub fn cgroup_dirs(proc_cgroup: &str, mountinfo: &str) -> Result<CgroupDirs, Error> {
+    let (v1_path, v2_path) = parse_proc_cgroup(proc_cgroup);
+    let (v1_mount, v2_mount) = parse_mountinfo(mountinfo);
+    let v1 = match (&v1_path, &v1_mount) {
+        (Some(p), Some(m)) => Some(cgroup_dir(m, p)?),
+        (Some(p), None) => {
+            return Err(Error::CgroupNotFound {
+                reason: format!(
+                    "the process is in v1 devices cgroup {p} but no devices hierarchy is mounted"
+                ),
+            });
+        }
+        _ => None,
+    };
+    let mut v2 = Vec::new();
+    if let (Some(p), Some(m)) = (&v2_path, &v2_mount) {
+        let leaf = cgroup_dir(m, p)?;
+        let mut cur = Some(leaf.as_path());
+        while let Some(dir) = cur {
+            v2.push(dir.to_owned());
+            if dir == m.mount_point {
+                break;
+            }
+            cur = dir.parent().filter(|d| d.starts_with(&m.mount_point));
+        }
     }
+    if v1.is_none() && v2.is_empty() {
+        return Err(Error::CgroupNotFound {
+            reason: "the process is in no devices (v1) or cgroup2 hierarchy".into(),
+        });
+    }
+    Ok(CgroupDirs { v1, v2 })
 }
 
 /// The container's device cgroup, opened.
@@ -158,39 +216,16 @@ impl DeviceCgroup {
     }
 
     fn from_texts(proc_cgroup: &str, mountinfo: &str) -> Result<DeviceCgroup, Error> {
-        let (v1_path, v2_path) = parse_proc_cgroup(proc_cgroup);
-        let (v1_mount, v2_mount) = parse_mountinfo(mountinfo);
-        let v1 = match (&v1_path, &v1_mount) {
-            (Some(p), Some(m)) => {
-                let dir = cgroup_dir(m, p);
-                Some((open_dir(&dir)?, dir))
-            }
-            (Some(p), None) => {
-                return Err(Error::CgroupNotFound {
-                    reason: format!(
-                        "the process is in v1 devices cgroup {p} but no devices hierarchy is mounted"
-                    ),
-                });
-            }
-            _ => None,
+        let dirs = cgroup_dirs(proc_cgroup, mountinfo)?;
+        let v1 = match dirs.v1 {
+            Some(dir) => Some((open_dir(&dir)?, dir)),
+            None => None,
         };
-        let mut v2 = Vec::new();
-        if let (Some(p), Some(m)) = (&v2_path, &v2_mount) {
-            let leaf = cgroup_dir(m, p);
-            let mut cur = Some(leaf.as_path());
-            while let Some(dir) = cur {
-                v2.push((open_dir(dir)?, dir.to_owned()));
-                if dir == m.mount_point {
-                    break;
-                }
-                cur = dir.parent().filter(|d| d.starts_with(&m.mount_point));
-            }
-        }
-        if v1.is_none() && v2.is_empty() {
-            return Err(Error::CgroupNotFound {
-                reason: "the process is in no devices (v1) or cgroup2 hierarchy".into(),
-            });
-        }
+        let v2 = dirs
+            .v2
+            .into_iter()
+            .map(|dir| Ok((open_dir(&dir)?, dir)))
+            .collect::<Result<Vec<_>, Error>>()?;
         Ok(DeviceCgroup {
             hybrid: v1.is_some(),
             v1,
@@ -403,18 +438,27 @@ mod tests {
         let v1 = v1.unwrap();
         assert_eq!(v1.mount_point, Path::new("/sys/fs/cgroup/devices"));
         assert_eq!(
-            cgroup_dir(&v1, "/runc/c1"),
+            cgroup_dir(&v1, "/runc/c1").unwrap(),
             Path::new("/sys/fs/cgroup/devices/runc/c1")
         );
         assert_eq!(
-            cgroup_dir(&v2.unwrap(), "/"),
+            cgroup_dir(&v2.unwrap(), "/").unwrap(),
             Path::new("/sys/fs/cgroup/unified")
         );
         let sub = CgroupMount {
             root: "/sub".into(),
             mount_point: "/mnt/cg x".into(),
         };
-        assert_eq!(cgroup_dir(&sub, "/sub/c1"), Path::new("/mnt/cg x/c1"));
+        assert_eq!(
+            cgroup_dir(&sub, "/sub/c1").unwrap(),
+            Path::new("/mnt/cg x/c1")
+        );
+        // found by tests/fuzz.rs: a cgroup outside our namespace is refused, not joined
+        assert!(cgroup_dir(&v1, "/../../etc").is_err());
+        let d = cgroup_dirs("0::/../x\n", mi).unwrap_err();
+        assert!(d.to_string().contains("outside"), "{d}");
         assert_eq!(unescape("/mnt/cg\\040x"), "/mnt/cg x");
+        assert_eq!(unescape("/a\\777"), "/a\\777");
+        assert_eq!(unescape("/a\\04"), "/a\\04");
     }
 }

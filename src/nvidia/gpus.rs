@@ -125,11 +125,16 @@ pub fn discover(proc_root: &Path) -> Result<Vec<Gpu>, Error> {
             gpus.push(gpu);
         }
     }
+    number(&mut gpus);
+    Ok(gpus)
+}
+
+/// Give GPUs nvidia-smi's indexes: sorted by PCI bus id, numbered from 0.
+pub fn number(gpus: &mut [Gpu]) {
     gpus.sort_by_key(|g| bus_key(&g.bus_id));
     for (i, g) in gpus.iter_mut().enumerate() {
         g.index = i as u32;
     }
-    Ok(gpus)
 }
 
 /// The kernel module's version, from `<proc-root>/driver/nvidia/version`:

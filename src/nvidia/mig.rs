@@ -55,19 +55,23 @@ pub fn parse_index_form(tok: &str) -> Option<(u32, u32)> {
     Some((num(g)?, num(m)?))
 }
 
+/// The `DeviceFileMinor: M` line of a capability `access` file's text.
+pub fn parse_cap_minor(text: &str) -> Option<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("DeviceFileMinor:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The `DeviceFileMinor` of a capability `access` file.
 fn cap_minor(access: &Path) -> Result<u32, Error> {
     let text = std::fs::read_to_string(access).map_err(|e| Error::ProcParse {
         path: access.to_owned(),
         reason: e.to_string(),
     })?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("DeviceFileMinor:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| Error::ProcParse {
-            path: access.to_owned(),
-            reason: "no DeviceFileMinor line".into(),
-        })
+    parse_cap_minor(&text).ok_or_else(|| Error::ProcParse {
+        path: access.to_owned(),
+        reason: "no DeviceFileMinor line".into(),
+    })
 }
 
 /// A capability: its node, and its `access` file (host path, path under /proc/driver/nvidia).

@@ -195,6 +195,24 @@ pub fn env_map(env: &[String]) -> HashMap<&str, &str> {
     env.iter().filter_map(|e| e.split_once('=')).collect()
 }
 
+/// The longest piece of a value an error message quotes.
+const QUOTE_MAX: usize = 100;
+
+/// `s` cut for an error message: its first characters and its size when it is long (a variable
+/// of megabytes must not become a log line of megabytes).
+pub fn clip(s: &str) -> String {
+    if s.len() <= QUOTE_MAX {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(QUOTE_MAX).collect();
+    format!("{head}... ({} bytes)", s.len())
+}
+
+/// [`clip`], quoted as `{:?}` quotes.
+pub fn quote(s: &str) -> String {
+    format!("{:?}", clip(s))
+}
+
 /// Split a device list: commas, each token trimmed, empty tokens dropped.
 fn tokens(v: &str) -> impl Iterator<Item = &str> {
     v.split(',').map(str::trim).filter(|t| !t.is_empty())
@@ -310,12 +328,14 @@ pub fn parse_devices(v: &str) -> Option<Devices> {
             _ => {}
         }
     }
-    let mut seen = Vec::<String>::new();
-    for t in toks {
-        if !seen.iter().any(|s| s == t) {
-            seen.push(t.to_owned());
-        }
-    }
+    // a set beside the list: a variable can hold millions of ids, and a list search per id
+    // would make that quadratic (found by tests/fuzz.rs)
+    let mut set = std::collections::HashSet::new();
+    let seen: Vec<String> = toks
+        .into_iter()
+        .filter(|t| set.insert(*t))
+        .map(str::to_owned)
+        .collect();
     Some(Devices::List(seen))
 }
 
@@ -328,7 +348,7 @@ pub fn parse_mig_all(var: &str, value: Option<&str>) -> Result<bool, Error> {
         Some(v) if v.eq_ignore_ascii_case("all") => Ok(true),
         Some(v) => Err(Error::BadRequest {
             var: var.into(),
-            reason: format!("{v:?}: only 'all' devices are currently supported"),
+            reason: format!("{}: only 'all' devices are currently supported", quote(v)),
         }),
     }
 }
@@ -342,6 +362,7 @@ pub fn parse_imex_channels(value: Option<&str>) -> Result<Vec<u32>, Error> {
         _ => return Ok(Vec::new()),
     };
     let mut out = Vec::new();
+    let mut set = std::collections::HashSet::new();
     for t in list {
         let n = t
             .parse::<u32>()
@@ -350,10 +371,11 @@ pub fn parse_imex_channels(value: Option<&str>) -> Result<Vec<u32>, Error> {
             .ok_or_else(|| Error::BadRequest {
                 var: IMEX_CHANNELS.into(),
                 reason: format!(
-                    "unsupported IMEX channel value {t:?}: channels are numbers below 1048576"
+                    "unsupported IMEX channel value {}: channels are numbers below 1048576",
+                    quote(&t)
                 ),
             })?;
-        if !out.contains(&n) {
+        if set.insert(n) {
             out.push(n);
         }
     }
@@ -395,9 +417,9 @@ pub fn parse_capabilities(
             var: DRIVER_CAPABILITIES.into(),
             reason: format!(
                 "unsupported capabilities found in '{}' (allowed '{}'): {} not one of {}",
-                asked.join(","),
+                clip(&asked.join(",")),
                 caps,
-                unknown.join(", "),
+                clip(&unknown.join(", ")),
                 supported
             ),
         });
@@ -688,5 +710,28 @@ mod tests {
                 .devices,
             list(&["0"])
         );
+    }
+
+    /// Found by tests/fuzz.rs: a 10 MB variable of distinct ids was deduplicated in quadratic
+    /// time (the hook hung), and errors quoted whole values (a 10 MB line in the runtime's log).
+    #[test]
+    fn huge_values_are_linear_and_quoted_short() {
+        let ids: Vec<String> = (0..1_500_000).map(|i| i.to_string()).collect();
+        let v = ids.join(",");
+        assert!(v.len() > 10 << 20);
+        assert_eq!(parse_devices(&v), Some(Devices::List(ids)));
+        let e = parse_imex_channels(Some(&v)).unwrap_err().to_string();
+        assert!(e.len() < 400, "{e}");
+        let e = parse_mig_all(MIG_CONFIG, Some(&v)).unwrap_err().to_string();
+        assert!(e.len() < 400, "{e}");
+        let caps = format!("compute,{}", "x".repeat(10 << 20));
+        let e = parse_capabilities(Some(&caps), false, &Capabilities::all())
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 600, "{e}");
+        let e = Request::from_env(&env(&[&format!("CUDA_VERSION={v}")]), &Capabilities::all())
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{e}");
     }
 }

@@ -53,9 +53,19 @@ pub fn parse_bus_id(s: &str) -> Option<(u64, u64, u64)> {
     Some((hex(d)?, hex(b)?, hex(dev)?))
 }
 
+/// `tok` is longer than `prefix` and starts with it, ASCII case-insensitively. (Not `tok[..4]`:
+/// byte 4 of a hostile token may fall inside a character, and slicing there panics; found by
+/// tests/fuzz.rs with `0\u{10000}`.)
+fn has_prefix(tok: &str, prefix: &str) -> bool {
+    tok.len() > prefix.len()
+        && tok
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
 /// A GPU token: full UUID, PCI bus id or index.
 fn match_gpu<'g>(tok: &str, gpus: &'g [Gpu]) -> Option<&'g Gpu> {
-    if tok.len() > 4 && tok[..4].eq_ignore_ascii_case("GPU-") {
+    if has_prefix(tok, "GPU-") {
         return gpus.iter().find(|g| g.uuid.eq_ignore_ascii_case(tok));
     }
     if let Some(bus) = parse_bus_id(tok) {
@@ -108,7 +118,7 @@ pub fn select(
     };
     let unknown = |t: &str| Error::UnknownDevice {
         var: VISIBLE_DEVICES.into(),
-        id: t.to_owned(),
+        id: super::request::clip(t),
         available: describe_gpus(gpus),
     };
     let mut out = Selection::default();
@@ -118,7 +128,7 @@ pub fn select(
         }
         if let Some(g) = match_gpu(t, gpus) {
             out.add_gpu(g);
-        } else if t.len() > 4 && t[..4].eq_ignore_ascii_case("MIG-") {
+        } else if has_prefix(t, "MIG-") {
             let mut found = None;
             for g in gpus.iter().filter(|g| mig::has_instances(proc_root, g)) {
                 found = src
@@ -307,5 +317,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(src.calls, 0);
+    }
+
+    /// Found by tests/fuzz.rs: a token whose 4th byte is inside a character panicked.
+    #[test]
+    fn tokens_split_inside_a_character_are_unknown_not_a_panic() {
+        let gpus = [gpu(0, "GPU-aaaa-1111", "0000:3b:00.0", 1)];
+        for t in ["0\u{10000}", "GP\u{e9}-x", "MI\u{10000}"] {
+            let e = select(
+                &l(&[t]),
+                &gpus,
+                Path::new("/nonexistent"),
+                &mut Fake {
+                    devices: Vec::new(),
+                    calls: 0,
+                },
+            );
+            assert!(
+                matches!(e, Err(Error::UnknownDevice { .. })),
+                "{t:?}: {e:?}"
+            );
+        }
     }
 }
