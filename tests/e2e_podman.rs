@@ -1,6 +1,8 @@
 //! End to end under podman (crun, its default runtime), with nvhook registered through a hooks
 //! directory holding the packaged hooks.d/nvhook.json, and `-e NVIDIA_VISIBLE_DEVICES=...`.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;
