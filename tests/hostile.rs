@@ -1078,6 +1078,31 @@ const RACES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+fn tail(s: &str, n: usize) -> String {
+    let v: Vec<char> = s.chars().collect();
+    v[v.len().saturating_sub(n)..].iter().collect()
+}
+
+/// SIGTERM the racers still running (checked by name: a pid may have been reused), and wait
+/// until each has written its count (they swap back and print at once on SIGTERM).
+fn stop_racers(pids: &str, work: &Path) {
+    for p in pids.split_whitespace() {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains("racer") {
+            let _ = Command::new("kill").arg(p).status();
+        }
+    }
+    for j in 0..RACES.len() {
+        let f = work.join(format!("swaps-{j}"));
+        for _ in 0..10_000 {
+            if std::fs::metadata(&f).is_ok_and(|m| m.len() > 0) || !f.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
 /// The mount points of a mountinfo listing.
 fn mount_points(text: &str) -> Vec<String> {
     text.lines()
@@ -1099,6 +1124,7 @@ fn symlinks_swapped_while_the_hook_runs_never_escape() {
     let fx = fixtures();
     let racer = fx.dir.join("racer");
     let (mut started, mut with_cuda, mut refused, mut swaps) = (0, 0, 0, Vec::new());
+    let mut reasons: Vec<String> = Vec::new();
     let mut failures = Vec::new();
     for i in 0..STARTS {
         // nvhook's files may land elsewhere in the rootfs when a swap wins the walk: the container
@@ -1130,8 +1156,9 @@ fn symlinks_swapped_while_the_hook_runs_never_escape() {
         }
         // wait for every racer's first swap (or its death)
         for j in 0..RACES.len() {
-            start +=
-                &format!("while [ ! -e {w}/ready-{j} ]; do [ -s {w}/swaps-{j} ] && exit 1; done\n");
+            start += &format!(
+                "while [ ! -e {w}/ready-{j} ]; do if [ -s {w}/swaps-{j} ]; then exit 1; fi; done\n"
+            );
         }
         let mut stop = format!(
             "#!/bin/sh\npid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p')\n\
@@ -1159,6 +1186,8 @@ fn symlinks_swapped_while_the_hook_runs_never_escape() {
         let r = run_oci("runc", &b);
         let after = host_state(&b.dir);
         let read = |n: &str| std::fs::read_to_string(work.join(n)).unwrap_or_default();
+        // the third hook stops the racers; when nvhook refused the container it never ran
+        stop_racers(&read("pids"), &work);
         let n: Vec<u64> = (0..RACES.len())
             .map(|j| read(&format!("swaps-{j}")).trim().parse().unwrap_or(0))
             .collect();
@@ -1178,20 +1207,27 @@ fn symlinks_swapped_while_the_hook_runs_never_escape() {
             with_cuda += r.has("cuda: path=") as usize;
         } else if refused_cleanly {
             refused += 1;
+            if let Some(e) = r.stderr.split("nvhook: error: ").nth(1) {
+                let e: String = e.chars().take_while(|c| *c != '\\' && *c != '"').collect();
+                if !reasons.contains(&e) {
+                    reasons.push(e);
+                }
+            }
         }
         if !(r.ok || refused_cleanly)
             || !changed.is_empty()
             || !outside.is_empty()
-            || ma.is_empty()
+            || (r.ok && ma.is_empty())
             || n.iter().any(|&k| k == 0)
         {
             failures.push(format!(
                 "start {i}: ok={} swaps={n:?} host changes={changed:?} mounts outside the rootfs={outside:?} \
-                 (container mount table read: {})\n  stdout: {}\n  stderr: {}",
+                 (container mount table read: {})\n  racers: {:?}\n  stdout: {}\n  stderr: ...{}",
                 r.ok,
                 !ma.is_empty(),
+                (0..RACES.len()).map(|j| read(&format!("swaps-{j}"))).collect::<Vec<_>>(),
                 r.stdout,
-                r.stderr.chars().take(600).collect::<String>()
+                tail(&r.stderr, 400)
             ));
         }
         swaps.push(n.iter().sum::<u64>());
@@ -1205,6 +1241,7 @@ fn symlinks_swapped_while_the_hook_runs_never_escape() {
         swaps.iter().max().unwrap_or(&0),
         swaps.iter().sum::<u64>()
     );
+    println!("nvhook's refusals:\n  {}", reasons.join("\n  "));
     assert!(
         failures.is_empty(),
         "{} of {STARTS} raced starts failed:\n{}",
