@@ -1218,7 +1218,7 @@ fn symlinks_swapped_while_the_hook_runs_never_escape() {
             || !changed.is_empty()
             || !outside.is_empty()
             || (r.ok && ma.is_empty())
-            || n.iter().any(|&k| k == 0)
+            || n.contains(&0)
         {
             failures.push(format!(
                 "start {i}: ok={} swaps={n:?} host changes={changed:?} mounts outside the rootfs={outside:?} \

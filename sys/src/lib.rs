@@ -386,14 +386,10 @@ pub fn cloexec_from(first: RawFd) -> io::Result<()> {
     }
     let mut fds = Vec::new();
     for e in std::fs::read_dir("/proc/self/fd")? {
-        if let Some(fd) = e?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<RawFd>().ok())
-        {
-            if fd >= first as RawFd {
-                fds.push(fd);
-            }
+        let name = e?.file_name();
+        match name.to_str().and_then(|n| n.parse::<RawFd>().ok()) {
+            Some(fd) if fd >= first as RawFd => fds.push(fd),
+            _ => {}
         }
     }
     for fd in fds {
