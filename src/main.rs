@@ -283,6 +283,12 @@ fn report_to_runtime(msg: &str) {
 
 fn main() -> ExitCode {
     nvhook::logging::init();
+    // Whatever descriptors our caller left open without close-on-exec (runc passes only 0-2,
+    // but an admin's shell running `nvhook doctor` may pass more) are not passed on to anything
+    // nvhook starts: the runtimes `doctor` asks for their version.
+    if let Err(e) = nvhook_sys::cloexec_from(3) {
+        log::warn!("cannot mark inherited descriptors close-on-exec: {e}");
+    }
     match run(std::env::args().collect()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

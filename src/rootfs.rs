@@ -11,7 +11,7 @@
 //! so a swap after the lookup changes nothing: the descriptor still names the inode we checked.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -214,27 +214,55 @@ impl Rootfs {
     }
 
     /// Open a regular file inside the root for reading (a FIFO or device is refused without
-    /// blocking on it).
+    /// being opened).
     pub fn open_file(&self, path: &str) -> Result<std::fs::File> {
-        let rel = components(path)?.join("/");
-        let fd = self
-            .openat2_in_root(&rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
-            .map_err(|source| RootfsError::Resolve {
+        match self.open_regular(path)? {
+            Some((f, _)) => Ok(f),
+            None => Err(RootfsError::Resolve {
                 path: path.to_owned(),
-                source,
-            })?;
-        let st = fstat(&fd).map_err(|source| RootfsError::Resolve {
+                source: Errno::ENOENT,
+            }),
+        }
+    }
+
+    /// Resolve `path` to an `O_PATH` descriptor, check that it is a regular file, and only then
+    /// open it for reading, through that descriptor (`/proc/thread-self/fd/N`), never by name
+    /// again. Opening is not harmless for what an image can plant: a FIFO releases a writer
+    /// waiting on it, a device node runs its driver's open (a watchdog arms, a tape rewinds), and
+    /// nvhook runs on the host with every capability and outside the container's device cgroup.
+    /// `None` if nothing is there. Returns the file and its size.
+    fn open_regular(&self, path: &str) -> Result<Option<(std::fs::File, u64)>> {
+        let rel = components(path)?.join("/");
+        let rerr = |source| RootfsError::Resolve {
             path: path.to_owned(),
             source,
-        })?;
-        if Kind::of(st.st_mode) != Kind::File {
+        };
+        let fd = match self.openat2_in_root(&rel, OFlag::O_PATH) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(source) => return Err(rerr(source)),
+        };
+        let st = fstat(&fd).map_err(rerr)?;
+        let kind = Kind::of(st.st_mode);
+        if kind != Kind::File {
             return Err(RootfsError::WrongType {
                 path: path.to_owned(),
-                found: Kind::of(st.st_mode).name(),
+                found: kind.name(),
                 expected: "a regular file",
             });
         }
-        Ok(std::fs::File::from(fd))
+        let reopened = nix::fcntl::open(
+            format!("/proc/thread-self/fd/{}", fd.as_raw_fd()).as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(rerr)?;
+        let again = fstat(&reopened).map_err(rerr)?;
+        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+            // /proc is not the procfs we expect: refuse rather than read something else
+            return Err(rerr(Errno::EXDEV));
+        }
+        Ok(Some((std::fs::File::from(reopened), st.st_size as u64)))
     }
 
     /// The kind of what `path` resolves to (following in-root symlinks), or None if nothing is there.
@@ -485,42 +513,19 @@ impl Rootfs {
     }
 
     /// Read a regular file inside the root, at most `limit` bytes; `Ok(None)` if it doesn't exist.
-    /// A FIFO or device at `path` is refused without blocking on it.
+    /// A FIFO or device at `path` is refused without being opened.
     pub fn read_file(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>> {
-        let rel = components(path)?.join("/");
-        let fd = match self
-            .openat2_in_root(&rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
-        {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) => return Ok(None),
-            Err(source) => {
-                return Err(RootfsError::Resolve {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+        let Some((file, size)) = self.open_regular(path)? else {
+            return Ok(None);
         };
-        let st = fstat(&fd).map_err(|source| RootfsError::Resolve {
-            path: path.to_owned(),
-            source,
-        })?;
-        let kind = Kind::of(st.st_mode);
-        if kind != Kind::File {
-            return Err(RootfsError::WrongType {
-                path: path.to_owned(),
-                found: kind.name(),
-                expected: "a regular file",
-            });
-        }
-        if st.st_size as u64 > limit {
+        if size > limit {
             return Err(RootfsError::TooLarge {
                 path: path.to_owned(),
                 limit,
             });
         }
-        let mut buf = Vec::with_capacity(st.st_size as usize);
-        std::fs::File::from(fd)
-            .take(limit + 1)
+        let mut buf = Vec::with_capacity(size as usize);
+        file.take(limit + 1)
             .read_to_end(&mut buf)
             .map_err(|source| RootfsError::Write {
                 path: path.to_owned(),

@@ -1,6 +1,8 @@
 //! The read-only tmpfs that replaces `/proc/driver/nvidia`, built and attached for real, in a
 //! private mount namespace of a test thread (nothing is mounted on the host).
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -6,6 +6,8 @@
 //! like runc's, and checks that nvhook's grant lets exactly the granted device through while every
 //! other decision of those programs still holds.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::os::fd::AsFd;

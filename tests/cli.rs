@@ -1,5 +1,7 @@
 //! The command line: `plan` output, and clear errors (never panics) on bad input.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::io::Write;

@@ -1,5 +1,7 @@
 //! `nvhook list` and `nvhook doctor` on the fake driver tree.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! Every driver capability's file set, IMEX channels and CUDA forward compatibility, end to end
 //! under runc on the fake driver tree (which has graphics, display, 32-bit and compat files).
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

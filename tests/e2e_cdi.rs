@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! CDI end to end: `nvhook cdi generate` on the fake driver tree, then podman (which reads CDI
 //! specs from /etc/cdi and /var/run/cdi only) started with `--device nvidia.com/gpu=...` and no
 //! nvhook prestart hook registered: the spec alone (and its createRuntime hook, `nvhook cdi-hook`)

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Device classes end to end under runc: the packaged V4L2 class (packaging/classes/v4l2.toml)
 //! and a test class with every kind of entry, on fake device nodes in the fixtures' dev-root.
 //!

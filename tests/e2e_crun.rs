@@ -1,5 +1,7 @@
 //! End to end under crun, with the same bundles as the runc tests.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

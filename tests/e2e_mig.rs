@@ -3,6 +3,8 @@
 //! from the driver root) used only when MIG is involved. The fake driver's libnvidia-ml answers
 //! the NVML calls: GPU 1 has two MIG devices (GI 1/CI 0 -> caps 12, 13; GI 2/CI 0 -> caps 21, 22).
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! With NVHOOK_TEST_INSTALLED=1 (.ci/run, after installing the .deb) the same tests run the
 //! installed package: podman's default hooks dirs, /usr/bin/nvhook, /etc/nvhook/config.toml.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! NVIDIA_REQUIRE_* end to end under runc. The fake driver's libcuda declares CUDA 12.4 in its
 //! ELF note; its NVML says brand Tesla, compute capability 8.0; the driver is 550.54.15.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

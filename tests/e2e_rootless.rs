@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! End to end under rootless podman: a non-root user (`nvhooktest`, created here if missing,
 //! with /etc/subuid and /etc/subgid ranges) runs `podman run` with nvhook from a hooks dir.
 //! podman runs the hook as root of the user's user namespace; nvhook must give the container

@@ -1,6 +1,8 @@
 //! End to end under runc, with nvhook registered in the bundle's config.json, on the fake driver
 //! tree: the container is a busybox + glibc image with no driver in it.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

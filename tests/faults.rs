@@ -1,5 +1,7 @@
 //! Faults: the hook run twice for one container, and a broken driver tree.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use common::*;

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Fuzzing of every parser of outside input, on stable Rust, bounded for CI (`make test`).
 //!
 //! Structured generators (proptest) feed the oracles of `nvhook::fuzz`: OCI states, bundle

@@ -6,17 +6,33 @@
 //! `/lib/firmware/nvidia`, `/etc/ld.so.conf.d/00-nvhook*`), and the host's `/etc/ld.so.cache`.
 //! Each case also runs without the hook: what changes then is runc's doing, not nvhook's.
 
+#![forbid(unsafe_code)]
+
 mod common;
 
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 
+/// Mounts that come and go with other test runs on a shared machine: podman's storage of the
+/// podman tests (this repository's other test binaries, other checkouts). Nothing of a runc
+/// container of this suite is ever mounted there.
+fn foreign_mount(line: &str) -> bool {
+    let mp = line.split(' ').next().unwrap_or("");
+    mp.contains("/target/tmp/podman-")
+        || mp.starts_with("/run/nvhook-tests/")
+        || mp.starts_with("/var/lib/containers/storage/")
+        || mp.starts_with("/run/containers/storage/")
+}
+
 /// What the host looks like where an escape would show.
 fn host_state(bundle: &Path) -> Vec<String> {
-    let mut v = host_mounts();
+    let mut v: Vec<String> = host_mounts()
+        .into_iter()
+        .filter(|m| !foreign_mount(m))
+        .collect();
     let v_ = fixtures().version.clone();
     for p in [
         format!("/usr/lib/x86_64-linux-gnu/libcuda.so.{v_}"),
@@ -33,6 +49,14 @@ fn host_state(bundle: &Path) -> Vec<String> {
             "{p} exists={}",
             Path::new(&p).symlink_metadata().is_ok()
         ));
+    }
+    // anything a loader variable of the image would make a host process write (LD_DEBUG_OUTPUT
+    // appends the pid)
+    for e in std::fs::read_dir("/tmp").unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("nvhook-hostile-pwned") {
+            v.push(format!("/tmp/{n} exists"));
+        }
     }
     let cache = std::fs::read("/etc/ld.so.cache").unwrap_or_default();
     v.push(format!(
@@ -74,10 +98,26 @@ enum Expect {
 
 struct Case {
     name: &'static str,
+    /// crafts the rootfs; may also edit the bundle's config.json (the rootfs's parent)
     setup: fn(&Path),
     env: &'static [&'static str],
     expect: Expect,
+    /// the fixture image the case starts from
+    image: &'static str,
+    /// a refusal must name this (the path or variable at fault)
+    says: &'static str,
 }
+
+fn nothing(_: &Path) {}
+
+const BASE: Case = Case {
+    name: "",
+    setup: nothing,
+    env: &[],
+    expect: Expect::Either,
+    image: "rootfs-debian",
+    says: "",
+};
 
 fn rm(p: &Path) {
     if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
@@ -106,6 +146,78 @@ fn mknod(path: &Path, kind: &str, major: u32, minor: u32) {
     assert!(st.success());
 }
 
+/// Edit the bundle's config.json (the case's rootfs is `<bundle>/rootfs`).
+fn edit_config(root: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = root.parent().unwrap().join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(&mut c);
+    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+}
+
+/// Add `NAME=VALUE` to the container's environment (for values too large for a literal).
+fn add_env(root: &Path, var: String) {
+    edit_config(root, |c| {
+        c["process"]["env"].as_array_mut().unwrap().push(var.into())
+    });
+}
+
+/// Drop the runtime's mount at `dest` (e.g. `/dev`, `/proc`), so the image's own directory is
+/// what the container (and nvhook) sees there.
+fn drop_mount(root: &Path, dest: &str) {
+    edit_config(root, |c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["destination"] != dest)
+    });
+}
+
+fn sh(script: &str) {
+    let o = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Move the rootfs onto a fresh tmpfs mounted with `opts` (the mount is removed after the case).
+fn rootfs_on_tmpfs(root: &Path, opts: &str) {
+    let r = root.display();
+    sh(&format!(
+        "mv {r} {r}.img && mkdir {r} && mount -t tmpfs -o {opts} nvhook-hostile {r} && \
+         cp -a {r}.img/. {r}/ && rm -rf {r}.img"
+    ));
+}
+
+/// Unmount whatever a case mounted under `dir` (its rootfs), innermost first.
+fn unmount_under(dir: &Path) {
+    let d = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = host_mounts()
+        .into_iter()
+        .filter_map(|m| m.split(' ').next().map(str::to_owned))
+        .filter(|mp| mp.starts_with(&d))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for mp in points {
+        let _ = Command::new("umount").arg("-l").arg(&mp).status();
+    }
+}
+
+/// Files nvhook would leave behind if it stopped half-way through a write (its temporary files
+/// are `.<name>.nvhook-<pid>`).
+fn leftovers(root: &Path) -> Vec<String> {
+    let o = Command::new("find")
+        .arg(root)
+        .args(["-xdev", "-name", ".*.nvhook-*"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 const T: &str = "usr/lib/x86_64-linux-gnu";
 const GPU: &[&str] = &["NVIDIA_VISIBLE_DEVICES=0"];
 
@@ -118,60 +230,70 @@ fn cases() -> Vec<Case> {
             setup: |r| link(r, "usr", "/"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "usr -> ../../.. (relative)",
             setup: |r| link(r, "usr", "../../.."),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "usr/lib -> /",
             setup: |r| link(r, "usr/lib", "/"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "usr/lib -> ../../../..",
             setup: |r| link(r, "usr/lib", "../../../.."),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "multiarch dir -> itself (loop)",
             setup: |r| link(r, T, "/usr/lib/x86_64-linux-gnu"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "multiarch dir -> ../../../../outside",
             setup: |r| link(r, T, "../../../../outside"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "multiarch dir -> /proc/self/root/usr/lib/x86_64-linux-gnu",
             setup: |r| link(r, T, "/proc/self/root/usr/lib/x86_64-linux-gnu"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "usr/bin -> /",
             setup: |r| link(r, "usr/bin", "/"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "usr/bin -> ../../../..",
             setup: |r| link(r, "usr/bin", "../../../.."),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "usr/bin/nvidia-smi -> /usr/bin/nvidia-smi (host path)",
             setup: |r| link(r, "usr/bin/nvidia-smi", "/usr/bin/nvidia-smi"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "usr/bin/nvidia-smi -> ../../../../../tmp/nvhook-hostile-pwned",
@@ -184,6 +306,7 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Starts,
+            ..BASE
         },
         Case {
             name: "libcuda mount target -> /etc/shadow",
@@ -196,42 +319,49 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "soname link libcuda.so.1 -> /dev/mem",
             setup: |r| link(r, &format!("{T}/libcuda.so.1"), "/dev/mem"),
             env: GPU,
             expect: Expect::Starts,
+            ..BASE
         },
         Case {
             name: "lib/firmware -> /",
             setup: |r| link(r, "usr/lib/firmware", "/"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "lib/firmware -> ../../../../outside",
             setup: |r| link(r, "usr/lib/firmware", "../../../../outside"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "etc -> /",
             setup: |r| link(r, "etc", "/"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "etc/ld.so.cache -> /etc/ld.so.cache (host path)",
             setup: |r| link(r, "etc/ld.so.cache", "/etc/ld.so.cache"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "etc/ld.so.cache -> ../../../../etc/passwd",
             setup: |r| link(r, "etc/ld.so.cache", "../../../../etc/passwd"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "etc/ld.so.cache is a FIFO",
@@ -245,6 +375,7 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Refused,
+            ..BASE
         },
         Case {
             name: "etc/ld.so.cache is a directory",
@@ -254,6 +385,7 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Refused,
+            ..BASE
         },
         Case {
             name: "etc/ld.so.cache is 100 MB (sparse)",
@@ -263,6 +395,7 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Refused,
+            ..BASE
         },
         Case {
             name: "etc/ld.so.cache is garbage",
@@ -275,36 +408,43 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Starts,
+            ..BASE
         },
         Case {
             name: "etc/ld.so.conf.d -> /etc/ld.so.conf.d (compat image)",
             setup: |r| link(r, "etc/ld.so.conf.d", "/etc/ld.so.conf.d"),
             env: GPU,
             expect: Expect::Either,
+            image: "rootfs-compat",
+            ..BASE
         },
         Case {
             name: "proc -> /",
             setup: |r| link(r, "proc", "/"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "dev -> /tmp (runc follows it itself)",
             setup: |r| link(r, "dev", "/tmp"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "usr/lib -> /proc/1/root/usr/lib",
             setup: |r| link(r, "usr/lib", "/proc/1/root/usr/lib"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "symlink loop usr/lib64 <-> usr/lib64",
             setup: |r| link(r, "usr/lib64", "lib64"),
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "multiarch dir is a file",
@@ -314,6 +454,7 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Either,
+            ..BASE
         },
         Case {
             name: "nvidia-smi target is a directory",
@@ -323,6 +464,7 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Refused,
+            ..BASE
         },
         Case {
             name: "FIFO at the libcuda mount target",
@@ -333,12 +475,14 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Starts,
+            ..BASE
         },
         Case {
             name: "device node (mem) at the nvidia-smi target",
             setup: |r| mknod(&r.join("usr/bin/nvidia-smi"), "c", 1, 1),
             env: GPU,
             expect: Expect::Starts,
+            ..BASE
         },
         Case {
             name: "image ldconfig replaced by a script (never run)",
@@ -360,6 +504,7 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Starts,
+            ..BASE
         },
         Case {
             name: "huge directory: 20000 files in the multiarch dir",
@@ -370,6 +515,7 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Starts,
+            ..BASE
         },
         Case {
             name: "LD_PRELOAD / LD_LIBRARY_PATH of the image",
@@ -380,18 +526,21 @@ fn cases() -> Vec<Case> {
                 "LD_LIBRARY_PATH=/../../../tmp",
             ],
             expect: Expect::Starts,
+            ..BASE
         },
         Case {
             name: "NVIDIA_VISIBLE_DEVICES with a newline and ..",
             setup: |_| {},
             env: &["NVIDIA_VISIBLE_DEVICES=0\n../../../etc"],
             expect: Expect::Refused,
+            ..BASE
         },
         Case {
             name: "NVIDIA_VISIBLE_DEVICES=../../../dev/sda",
             setup: |_| {},
             env: &["NVIDIA_VISIBLE_DEVICES=../../../dev/sda"],
             expect: Expect::Refused,
+            ..BASE
         },
         // runc itself refuses a NUL in the environment before any hook runs
         Case {
@@ -402,11 +551,366 @@ fn cases() -> Vec<Case> {
                 "NVIDIA_DRIVER_CAPABILITIES=compute\u{0},utility",
             ],
             expect: Expect::Either,
+            ..BASE
+        },
+        // ---- added: the issue's list, component by component (firmware, compat conf, lib64)
+        Case {
+            name: "lib -> ../outside (top-level, relative)",
+            setup: |r| link(r, "lib", "../outside"),
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "lib/firmware/nvidia -> /",
+            setup: |r| link(r, "usr/lib/firmware/nvidia", "/"),
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "lib/firmware/nvidia/<ver> -> ../../../../../outside",
+            setup: |r| {
+                link(
+                    r,
+                    &format!("usr/lib/firmware/nvidia/{}", fixtures().version),
+                    "../../../../../outside",
+                )
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "lib/firmware/nvidia/<ver>/gsp_ga10x.bin -> /etc/shadow",
+            setup: |r| {
+                link(
+                    r,
+                    &format!(
+                        "usr/lib/firmware/nvidia/{}/gsp_ga10x.bin",
+                        fixtures().version
+                    ),
+                    "/etc/shadow",
+                )
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "lib/firmware is a file",
+            setup: |r| std::fs::write(r.join("usr/lib/firmware"), b"x").unwrap(),
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "FIFO at lib/firmware/nvidia",
+            setup: |r| {
+                std::fs::create_dir_all(r.join("usr/lib/firmware")).unwrap();
+                nix::unistd::mkfifo(
+                    &r.join("usr/lib/firmware/nvidia"),
+                    nix::sys::stat::Mode::from_bits_truncate(0o644),
+                )
+                .unwrap();
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "usr/bin -> /proc/self/root/usr/bin",
+            setup: |r| link(r, "usr/bin", "/proc/self/root/usr/bin"),
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "etc -> /proc/1/root/etc",
+            setup: |r| link(r, "etc", "/proc/1/root/etc"),
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "etc -> ../outside (relative)",
+            setup: |r| link(r, "etc", "../outside"),
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "etc/ld.so.cache is a char device (kmsg): never opened",
+            setup: |r| mknod(&r.join("etc/ld.so.cache"), "c", 1, 11),
+            env: GPU,
+            expect: Expect::Refused,
+            says: "/etc/ld.so.cache",
+            ..BASE
+        },
+        Case {
+            name: "etc/ld.so.cache -> a directory",
+            setup: |r| link(r, "etc/ld.so.cache", "/usr"),
+            env: GPU,
+            expect: Expect::Refused,
+            says: "/etc/ld.so.cache",
+            ..BASE
+        },
+        Case {
+            name: "libcuda mount target is a directory",
+            setup: |r| {
+                std::fs::create_dir_all(r.join(format!("{T}/libcuda.so.{}/x", fixtures().version)))
+                    .unwrap()
+            },
+            env: GPU,
+            expect: Expect::Refused,
+            says: "libcuda.so",
+            ..BASE
+        },
+        Case {
+            name: "soname link libcuda.so.1 is a directory",
+            setup: |r| std::fs::create_dir_all(r.join(format!("{T}/libcuda.so.1/x"))).unwrap(),
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "unix socket at the nvidia-smi target",
+            setup: |r| {
+                let p = r.join("usr/bin/nvidia-smi");
+                rm(&p);
+                std::os::unix::net::UnixListener::bind(&p).unwrap();
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "usr/lib64 -> / (lib64 image)",
+            setup: |r| link(r, "usr/lib64", "/"),
+            env: GPU,
+            image: "rootfs-lib64",
+            ..BASE
+        },
+        Case {
+            name: "usr -> ../outside (lib64 image)",
+            setup: |r| link(r, "usr", "../outside"),
+            env: GPU,
+            image: "rootfs-lib64",
+            ..BASE
+        },
+        Case {
+            name: "etc/ld.so.conf.d -> ../../outside (compat image)",
+            setup: |r| link(r, "etc/ld.so.conf.d", "../../outside"),
+            env: GPU,
+            image: "rootfs-compat",
+            ..BASE
+        },
+        Case {
+            name: "ld.so.conf.d/00-nvhook-cuda-compat.conf -> canary (compat image)",
+            setup: |r| {
+                link(
+                    r,
+                    "etc/ld.so.conf.d/00-nvhook-cuda-compat.conf",
+                    "../../../outside/canary",
+                )
+            },
+            env: GPU,
+            image: "rootfs-compat",
+            expect: Expect::Starts,
+            ..BASE
+        },
+        Case {
+            name: "etc/ld.so.conf.d is a file (compat image)",
+            setup: |r| {
+                rm(&r.join("etc/ld.so.conf.d"));
+                std::fs::write(r.join("etc/ld.so.conf.d"), b"/tmp\n").unwrap();
+            },
+            env: GPU,
+            image: "rootfs-compat",
+            ..BASE
+        },
+        Case {
+            name: "usr/local/cuda/compat -> /usr/lib/x86_64-linux-gnu (compat image)",
+            setup: |r| link(r, "usr/local/cuda/compat", "/usr/lib/x86_64-linux-gnu"),
+            env: GPU,
+            image: "rootfs-compat",
+            ..BASE
+        },
+        Case {
+            name: "huge directory: 20000 files in usr/local/cuda/compat",
+            setup: |r| {
+                for i in 0..20000 {
+                    std::fs::write(r.join(format!("usr/local/cuda/compat/junk-{i}.so")), b"")
+                        .unwrap();
+                }
+            },
+            env: GPU,
+            image: "rootfs-compat",
+            expect: Expect::Starts,
+            ..BASE
+        },
+        Case {
+            name: "image's own /dev (no tmpfs): dev/nvidia0 -> /dev/mem, nvidiactl -> canary",
+            setup: |r| {
+                drop_mount(r, "/dev");
+                link(r, "dev/nvidia0", "/dev/mem");
+                link(r, "dev/nvidiactl", "../../outside/canary");
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "image's own /proc (no procfs): proc/driver/nvidia -> /",
+            setup: |r| {
+                drop_mount(r, "/proc");
+                link(r, "proc/driver/nvidia", "/");
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "image's own /proc (no procfs): proc/driver -> ../../outside",
+            setup: |r| {
+                drop_mount(r, "/proc");
+                link(r, "proc/driver", "../../outside");
+            },
+            env: GPU,
+            ..BASE
+        },
+        // ---- a read-only or full rootfs: start if possible, else a refusal naming the path
+        Case {
+            name: "root.readonly = true",
+            setup: |r| edit_config(r, |c| c["root"]["readonly"] = true.into()),
+            env: GPU,
+            expect: Expect::Starts,
+            ..BASE
+        },
+        Case {
+            name: "rootfs on a read-only bind mount",
+            setup: |r| {
+                let r = r.display();
+                sh(&format!(
+                    "mount --bind {r} {r} && mount -o remount,bind,ro {r}"
+                ))
+            },
+            env: GPU,
+            expect: Expect::Refused,
+            says: "Read-only file system",
+            ..BASE
+        },
+        Case {
+            name: "rootfs on a full tmpfs (ENOSPC on write)",
+            setup: |r| {
+                rootfs_on_tmpfs(r, "size=64m");
+                // fill it: dd stops at ENOSPC
+                let _ = Command::new("dd")
+                    .args(["if=/dev/zero", "bs=1M", "status=none"])
+                    .arg(format!("of={}/fill", r.display()))
+                    .status();
+            },
+            env: GPU,
+            expect: Expect::Refused,
+            says: "/etc/ld.so.cache",
+            ..BASE
+        },
+        Case {
+            name: "rootfs on a tmpfs with no inode left (ENOSPC on create)",
+            setup: |r| {
+                let count = String::from_utf8(
+                    Command::new("sh")
+                        .arg("-c")
+                        .arg(format!("find {} | wc -l", r.display()))
+                        .output()
+                        .unwrap()
+                        .stdout,
+                )
+                .unwrap();
+                let count: u64 = count.trim().parse().unwrap();
+                rootfs_on_tmpfs(r, &format!("nr_inodes={}", count + 20));
+                let mut i = 0;
+                while std::fs::write(r.join(format!("fill-{i}")), b"").is_ok() {
+                    i += 1;
+                }
+            },
+            env: GPU,
+            expect: Expect::Refused,
+            says: "No space left on device",
+            ..BASE
+        },
+        // ---- the environment: 10 MB values, crafted loader variables
+        Case {
+            name: "NVIDIA_VISIBLE_DEVICES of 10 MB",
+            setup: |r| {
+                add_env(
+                    r,
+                    format!("NVIDIA_VISIBLE_DEVICES={}", "0,".repeat(5 << 20)),
+                )
+            },
+            env: &[],
+            ..BASE
+        },
+        Case {
+            name: "NVIDIA_DRIVER_CAPABILITIES of 10 MB",
+            setup: |r| {
+                add_env(
+                    r,
+                    format!(
+                        "NVIDIA_DRIVER_CAPABILITIES={}",
+                        "compute,".repeat(10 << 20 >> 3)
+                    ),
+                )
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "NVIDIA_REQUIRE_CUDA of 10 MB",
+            setup: |r| {
+                add_env(
+                    r,
+                    format!("NVIDIA_REQUIRE_CUDA={}", "cuda>=1.0 ".repeat(1 << 20)),
+                )
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "NVIDIA_MIG_CONFIG_DEVICES of 10 MB with ../ and newlines",
+            setup: |r| {
+                add_env(
+                    r,
+                    format!(
+                        "NVIDIA_MIG_CONFIG_DEVICES={}",
+                        "../\n".repeat(10 << 20 >> 2)
+                    ),
+                )
+            },
+            env: GPU,
+            ..BASE
+        },
+        Case {
+            name: "loader variables aimed at the host (LD_AUDIT, LD_DEBUG_OUTPUT, $ORIGIN)",
+            setup: |_| {},
+            env: &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "LD_PRELOAD=/tmp/nvhook-hostile-pwned.so\n/../../../tmp/nvhook-hostile-pwned.so",
+                "LD_LIBRARY_PATH=$ORIGIN/../../../../tmp:/proc/self/root/tmp:/proc/1/root/tmp",
+                "LD_AUDIT=/tmp/nvhook-hostile-pwned.so",
+                "LD_DEBUG=all",
+                "LD_DEBUG_OUTPUT=/tmp/nvhook-hostile-pwned",
+                "GCONV_PATH=/tmp/nvhook-hostile-pwned",
+            ],
+            expect: Expect::Starts,
+            ..BASE
+        },
+        Case {
+            name: "LD_LIBRARY_PATH of 100 KB",
+            setup: |r| add_env(r, format!("LD_LIBRARY_PATH={}", "/../tmp:".repeat(12800))),
+            env: GPU,
+            expect: Expect::Starts,
+            ..BASE
         },
     ]
 }
 
-fn run_case(c: &Case, with_hook: bool) -> (Run, Vec<String>, Vec<String>, PathBuf) {
+struct Ran {
+    run: Run,
+    before: Vec<String>,
+    after: Vec<String>,
+    /// temporary files nvhook left in the rootfs
+    leftovers: Vec<String>,
+}
+
+fn run_case(c: &Case, with_hook: bool) -> Ran {
     // The reference run (no hook) only shows what runc itself does to the host: it runs the
     // static busybox `true`, so a hostile image's own linker (a FIFO as ld.so.cache blocks it
     // forever) cannot hang it.
@@ -416,6 +920,7 @@ fn run_case(c: &Case, with_hook: bool) -> (Run, Vec<String>, Vec<String>, PathBu
         "true"
     };
     let mut s = Spec::new(c.env, script);
+    s.rootfs = c.image;
     if !with_hook {
         s.stage = Stage::None;
     }
@@ -424,11 +929,18 @@ fn run_case(c: &Case, with_hook: bool) -> (Run, Vec<String>, Vec<String>, PathBu
     std::fs::write(b.dir.join("outside/canary"), b"canary").unwrap();
     (c.setup)(&b.rootfs());
     let before = host_state(&b.dir);
-    let r = run_oci("runc", &b);
+    let run = run_oci("runc", &b);
     let after = host_state(&b.dir);
-    let dir = b.dir.clone();
-    std::mem::forget(b); // removed below, after the comparison
-    (r, before, after, dir)
+    let leftovers = leftovers(&b.rootfs());
+    // a case may have mounted something under its bundle (a tmpfs or read-only rootfs): that
+    // goes before the bundle is removed
+    unmount_under(&b.dir);
+    Ran {
+        run,
+        before,
+        after,
+        leftovers,
+    }
 }
 
 fn diff(a: &[String], b: &[String]) -> Vec<String> {
@@ -449,25 +961,38 @@ fn diff(a: &[String], b: &[String]) -> Vec<String> {
 fn hostile_images_never_touch_the_host() {
     let _g = serial();
     let _ = std::fs::remove_file("/tmp/nvhook-hostile-pwned");
-    let cases = cases();
-    assert!(cases.len() >= 30, "the suite has {} cases", cases.len());
+    // NVHOOK_HOSTILE_CASE=<part of a name> runs only the matching cases (while debugging one)
+    let only = std::env::var("NVHOOK_HOSTILE_CASE").ok();
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| only.as_ref().is_none_or(|o| c.name.contains(o.as_str())))
+        .collect();
+    assert!(
+        cases.len() >= 70 || only.is_some(),
+        "the suite has {} cases",
+        cases.len()
+    );
     let mut report = Vec::new();
     let mut failures = Vec::new();
     for c in &cases {
-        let (_plain, pb, pa, pdir) = run_case(c, false);
-        let runc_did = diff(&pb, &pa);
-        let (r, b, a, dir) = run_case(c, true);
-        let hook_did: Vec<String> = diff(&b, &a)
+        let plain = run_case(c, false);
+        let runc_did = diff(&plain.before, &plain.after);
+        let ran = run_case(c, true);
+        let hook_did: Vec<String> = diff(&ran.before, &ran.after)
             .into_iter()
             .filter(|l| !runc_did.contains(l))
+            .chain(
+                ran.leftovers
+                    .iter()
+                    .map(|l| format!("left in the rootfs: {l}")),
+            )
             .collect();
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_dir_all(&pdir);
+        let r = ran.run;
         let started = r.ok;
         let refused_cleanly = !r.ok && r.stderr.contains("nvhook: error:");
         let outcome_ok = match c.expect {
             Expect::Starts => started && r.has("cuda: path=") && !r.has("LDCONFIG-RAN"),
-            Expect::Refused => refused_cleanly,
+            Expect::Refused => refused_cleanly && r.stderr.contains(c.says),
             // either end is fine; a failure that is not nvhook's refusal must be the image's own
             // (the process could not run), never a hook crash
             Expect::Either => {
@@ -476,8 +1001,23 @@ fn hostile_images_never_touch_the_host() {
                     && (started || refused_cleanly || !r.stderr.contains("error running hook"))
             }
         };
+        let why = if started || refused_cleanly {
+            String::new()
+        } else {
+            // the runtime's own reason (the process could not start)
+            let last = r.stderr.lines().last().unwrap_or("").to_owned();
+            let tail: String = last
+                .chars()
+                .rev()
+                .take(90)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!(" [{tail}]")
+        };
         let line = format!(
-            "{:<62} {:<8} host changes by nvhook: {}{}",
+            "{:<62} {:<8} host changes by nvhook: {}{}{why}",
             c.name,
             if started {
                 "started"
@@ -513,5 +1053,235 @@ fn hostile_images_never_touch_the_host() {
         failures.len(),
         cases.len(),
         failures.join("\n")
+    );
+}
+
+/// The swaps raced against nvhook: (the name in the image, the symlink swapped in for it, where
+/// that symlink points). Each pair is swapped by its own racer, all at once.
+const RACES: &[(&str, &str, &str)] = &[
+    // relative from usr/lib: the bundle directory, outside the rootfs
+    (
+        "usr/lib/x86_64-linux-gnu",
+        "usr/lib/.race-multiarch",
+        "../../..",
+    ),
+    ("usr/bin", "usr/.race-bin", "/"),
+    (
+        "usr/lib/firmware",
+        "usr/lib/.race-firmware",
+        "../../../outside",
+    ),
+    (
+        "etc/ld.so.cache",
+        "etc/.race-ldcache",
+        "../../outside/canary",
+    ),
+];
+
+fn tail(s: &str, n: usize) -> String {
+    let v: Vec<char> = s.chars().collect();
+    v[v.len().saturating_sub(n)..].iter().collect()
+}
+
+/// SIGTERM the racers still running (checked by name: a pid may have been reused), and wait
+/// until each has written its count (they swap back and print at once on SIGTERM).
+fn stop_racers(pids: &str, work: &Path) {
+    for p in pids.split_whitespace() {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains("racer") {
+            let _ = Command::new("kill").arg(p).status();
+        }
+    }
+    for j in 0..RACES.len() {
+        let f = work.join(format!("swaps-{j}"));
+        for _ in 0..10_000 {
+            if std::fs::metadata(&f).is_ok_and(|m| m.len() > 0) || !f.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// The mount points of a mountinfo listing.
+fn mount_points(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// A racing process in the container's mount namespace swaps directories of the image with
+/// symlinks to `/`, `../../..` and the canary (renameat2 RENAME_EXCHANGE in a tight loop) for
+/// the whole time nvhook runs, start after start. Prestart hooks run in order: the first starts
+/// the racers (with nsenter, after recording the container's mount table), nvhook runs, the
+/// third stops them and records the container's mount table again. Every start must succeed or
+/// be refused by nvhook; nothing may change on the host, and every mount nvhook added in the
+/// container's namespace must lie inside the rootfs.
+#[test]
+fn symlinks_swapped_while_the_hook_runs_never_escape() {
+    const STARTS: usize = 50;
+    let _g = serial();
+    let fx = fixtures();
+    let racer = fx.dir.join("racer");
+    let (mut started, mut with_cuda, mut refused, mut swaps) = (0, 0, 0, Vec::new());
+    let mut reasons: Vec<String> = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..STARTS {
+        // nvhook's files may land elsewhere in the rootfs when a swap wins the walk: the container
+        // then starts without a working libcuda, which is safe; only the host matters here
+        let b = bundle(&Spec::new(GPU, "probe cuda; true"));
+        let root = b.rootfs();
+        std::fs::create_dir_all(b.dir.join("outside")).unwrap();
+        std::fs::write(b.dir.join("outside/canary"), b"canary").unwrap();
+        std::fs::create_dir_all(root.join("usr/lib/firmware/nvidia")).unwrap();
+        for (_, alt, target) in RACES {
+            symlink(target, root.join(alt)).unwrap();
+        }
+        // the hooks' scratch space, beside the bundle (the bundle's tree is part of the check)
+        let work = b.dir.with_extension("race");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let w = work.display();
+        let mut start = format!(
+            "#!/bin/sh\nset -e\npid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p')\n\
+             cat /proc/$pid/mountinfo > {w}/mounts-before\n"
+        );
+        for (j, (name, alt, _)) in RACES.iter().enumerate() {
+            start += &format!(
+                "nsenter -t $pid -m -- {} {w}/ready-{j} {r}/{name} {r}/{alt} > {w}/swaps-{j} 2>&1 &\n\
+                 echo $! >> {w}/pids\n",
+                racer.display(),
+                r = root.display()
+            );
+        }
+        // wait for every racer's first swap (or its death)
+        for j in 0..RACES.len() {
+            start += &format!(
+                "while [ ! -e {w}/ready-{j} ]; do if [ -s {w}/swaps-{j} ]; then exit 1; fi; done\n"
+            );
+        }
+        let mut stop = format!(
+            "#!/bin/sh\npid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p')\n\
+             for p in $(cat {w}/pids); do kill $p; done\n"
+        );
+        for j in 0..RACES.len() {
+            stop += &format!("while [ ! -s {w}/swaps-{j} ]; do :; done\n");
+        }
+        stop += &format!("cat /proc/$pid/mountinfo > {w}/mounts-after\n");
+        for (name, text) in [("start.sh", &start), ("stop.sh", &stop)] {
+            std::fs::write(work.join(name), text).unwrap();
+            std::fs::set_permissions(
+                work.join(name),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        edit_config(&root, |c| {
+            let nvhook = c["hooks"]["prestart"][0].clone();
+            let hook = |p: &str| serde_json::json!({ "path": work.join(p) });
+            c["hooks"]["prestart"] = serde_json::json!([hook("start.sh"), nvhook, hook("stop.sh")]);
+        });
+
+        let before = host_state(&b.dir);
+        let r = run_oci("runc", &b);
+        let after = host_state(&b.dir);
+        let read = |n: &str| std::fs::read_to_string(work.join(n)).unwrap_or_default();
+        // the third hook stops the racers; when nvhook refused the container it never ran
+        stop_racers(&read("pids"), &work);
+        let n: Vec<u64> = (0..RACES.len())
+            .map(|j| read(&format!("swaps-{j}")).trim().parse().unwrap_or(0))
+            .collect();
+        let (mb, ma) = (
+            mount_points(&read("mounts-before")),
+            mount_points(&read("mounts-after")),
+        );
+        let rootfs = root.to_string_lossy().into_owned();
+        let outside: Vec<&String> = ma
+            .iter()
+            .filter(|m| !mb.contains(m) && !m.starts_with(&rootfs))
+            .collect();
+        let changed = diff(&before, &after);
+        let refused_cleanly = !r.ok && r.stderr.contains("nvhook: error:");
+        if r.ok {
+            started += 1;
+            with_cuda += r.has("cuda: path=") as usize;
+        } else if refused_cleanly {
+            refused += 1;
+            if let Some(e) = r.stderr.split("nvhook: error: ").nth(1) {
+                let e: String = e.chars().take_while(|c| *c != '\\' && *c != '"').collect();
+                if !reasons.contains(&e) {
+                    reasons.push(e);
+                }
+            }
+        }
+        if !(r.ok || refused_cleanly)
+            || !changed.is_empty()
+            || !outside.is_empty()
+            || (r.ok && ma.is_empty())
+            || n.contains(&0)
+        {
+            failures.push(format!(
+                "start {i}: ok={} swaps={n:?} host changes={changed:?} mounts outside the rootfs={outside:?} \
+                 (container mount table read: {})\n  racers: {:?}\n  stdout: {}\n  stderr: ...{}",
+                r.ok,
+                !ma.is_empty(),
+                (0..RACES.len()).map(|j| read(&format!("swaps-{j}"))).collect::<Vec<_>>(),
+                r.stdout,
+                tail(&r.stderr, 400)
+            ));
+        }
+        swaps.push(n.iter().sum::<u64>());
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    println!(
+        "{STARTS} starts raced by {} renameat2 swappers: {started} started ({with_cuda} with \
+         libcuda resolvable), {refused} refused by nvhook; swaps per start: min {} max {} total {}",
+        RACES.len(),
+        swaps.iter().min().unwrap_or(&0),
+        swaps.iter().max().unwrap_or(&0),
+        swaps.iter().sum::<u64>()
+    );
+    println!("nvhook's refusals:\n  {}", reasons.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "{} of {STARTS} raced starts failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Opening a FIFO releases a writer waiting on it; opening a device node runs its driver's open.
+/// nvhook runs on the host with every capability, outside the container's device cgroup, so it
+/// must never open what the image planted unless it is a regular file: a writer blocked on the
+/// image's `/etc/ld.so.cache` FIFO must still be blocked after the (refused) start.
+#[test]
+fn a_fifo_of_the_image_is_never_opened() {
+    let _g = serial();
+    let b = bundle(&Spec::new(GPU, "true"));
+    let fifo = b.rootfs().join("etc/ld.so.cache");
+    rm(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let mark = b.dir.join("writer-released");
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3>{}; echo released > {}",
+            fifo.display(),
+            mark.display()
+        ))
+        .spawn()
+        .unwrap();
+    let r = run_oci("runc", &b);
+    let still_blocked = writer.try_wait().unwrap().is_none() && !mark.exists();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert!(
+        !r.ok && r.stderr.contains("/etc/ld.so.cache"),
+        "a FIFO as ld.so.cache must be refused, naming it:\n{}",
+        r.stderr
+    );
+    assert!(
+        still_blocked,
+        "nvhook opened the image's FIFO (the writer waiting on it was released)"
     );
 }

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Load (issue 6): 64 containers started at once under runc and under podman, each seeing only
 //! its own GPU, and 1,000 sequential runs of the hook whose memory and descriptors stay flat.
 //! Faults are in load_faults.rs and faults.rs.

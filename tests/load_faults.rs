@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Faults (issue 6): the hook SIGKILLed at random points of its run, the hook killed while NVML
 //! hangs, and a container pid that is gone or belongs to the wrong process. (The hook run twice
 //! and a broken driver tree are in faults.rs.)

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Packaging: the .deb/.rpm metadata agrees with the hooks.d file, the man page covers
 //! `nvhook help`, the Kubernetes manifests validate against Kubernetes' schemas (offline, with
 //! kubernetes-validate), and packaging/kubernetes/install.sh installs into a fake node root:

@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust >= 1.85, e.g. from rustup.rs)" >&2; exit 1; }
 
-PKGS="runc crun podman conmon busybox-static build-essential python3 iproute2 util-linux uidmap catatonit groff-base python3-venv shellcheck"
+PKGS="runc crun podman conmon busybox-static build-essential python3 iproute2 util-linux uidmap catatonit groff-base python3-venv shellcheck strace git"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -41,6 +41,14 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo deny (licenses, bans, sources, advisories from deny/advisory-db)"
+if command -v cargo-deny >/dev/null; then
+    deny/check.sh
+elif [ "${CI:-}" = true ]; then
+    echo "tests/run.sh: cargo-deny is missing on CI (.ci/run installs it)" >&2; exit 1
+else
+    echo "tests/run.sh: cargo-deny not installed, supply-chain check NOT run (cargo install --locked cargo-deny)" >&2
+fi
 echo "== cargo test (unit + end to end)"
 cargo test --workspace --locked -- --test-threads=2 --skip fuzz_
 echo "== fuzzing, bounded (tests/fuzz.rs; prints execs and time per parser; docs/fuzzing.md)"

@@ -360,6 +360,47 @@ pub fn mig_instance_ids(device: &nvml_wrapper::Device<'_>) -> Result<(u32, u32),
 }
 
 // ---------------------------------------------------------------------------------------------
+// Descriptors inherited from whoever started us
+// ---------------------------------------------------------------------------------------------
+
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// Mark every descriptor from `first` up close-on-exec (`close_range(first, ~0,
+/// CLOSE_RANGE_CLOEXEC)`, Linux 5.11), so that nothing the caller left open without that flag is
+/// passed on to a program nvhook starts. Nothing is closed: the numbers stay taken, so no later
+/// open can land on a number some code still holds. On an older kernel the descriptors are
+/// marked one by one from `/proc/self/fd`.
+pub fn cloexec_from(first: RawFd) -> io::Result<()> {
+    let first = first.max(0) as libc::c_uint;
+    // SAFETY: no pointers; the flag only changes descriptor flags of this process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let mut fds = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd")? {
+        let name = e?.file_name();
+        match name.to_str().and_then(|n| n.parse::<RawFd>().ok()) {
+            Some(fd) if fd >= first as RawFd => fds.push(fd),
+            _ => {}
+        }
+    }
+    for fd in fds {
+        // SAFETY: F_SETFD takes an int argument and touches no memory; a number that is no
+        // longer open (the read_dir's own descriptor) fails with EBADF, which is ignored.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Running a closure in a forked child
 // ---------------------------------------------------------------------------------------------
 
