@@ -228,6 +228,22 @@ impl Plan {
         });
     }
 
+    /// A driver or class library in the image's library directory `dir`: bind-mounted under its
+    /// file name, linked under its soname where they differ, and entered in the linker cache.
+    pub fn add_library(&mut self, dir: &str, lib: &crate::nvidia::libraries::Library) {
+        let dir = dir.trim_end_matches('/');
+        let target = format!("{dir}/{}", lib.file_name);
+        self.add_mount(lib.host_path.clone(), target, false, MountFlags::CODE);
+        if lib.soname != lib.file_name {
+            self.add_symlink(format!("{dir}/{}", lib.soname), lib.file_name.clone());
+        }
+        self.add_ldcache(
+            lib.soname.clone(),
+            format!("{dir}/{}", lib.soname),
+            lib.cache_flags,
+        );
+    }
+
     pub fn add_symlink(&mut self, path: String, target: String) {
         if self.symlinks.iter().any(|s| s.path == path) {
             return;

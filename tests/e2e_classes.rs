@@ -411,20 +411,7 @@ fn void_and_unset_change_nothing() {
     ] {
         let _g = serial();
         let b = bundle(&spec(env, REPORT));
-        let tree = |p: &Path| {
-            let o = Command::new("find")
-                .arg(p)
-                .arg("-printf")
-                .arg("%P %y %s\n")
-                .output()
-                .unwrap();
-            let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            v.sort();
-            v
-        };
+        let tree = |p: &Path| file_tree(p);
         let before = tree(&b.rootfs());
         let r = run_oci("runc", &b).expect_ok("runc");
         assert!(nodes(&r).is_empty(), "{env:?}: {}", r.stdout);

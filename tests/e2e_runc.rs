@@ -169,20 +169,7 @@ fn unset_void_and_empty_change_nothing() {
     ] {
         let _g = serial();
         let b = bundle(&Spec::new(env, REPORT));
-        let tree = |p: &std::path::Path| {
-            let o = std::process::Command::new("find")
-                .arg(p)
-                .arg("-printf")
-                .arg("%P %y %s\n")
-                .output()
-                .unwrap();
-            let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            v.sort();
-            v
-        };
+        let tree = |p: &std::path::Path| file_tree(p);
         let before = tree(&b.rootfs());
         let r = run_oci("runc", &b).expect_ok("runc without GPU");
         assert!(

@@ -31,7 +31,7 @@ use crate::devnode::{HostNode, NodeType};
 use crate::error::Error;
 use crate::layout::Layout;
 use crate::nvidia::libraries::Library;
-use crate::plan::{DeviceRule, MountFlags, Plan};
+use crate::plan::{DeviceRule, Plan};
 
 /// More class files than this in one directory is a mistake, not a configuration.
 const MAX_CLASSES: usize = 256;
@@ -318,18 +318,8 @@ impl ClassInventory {
         for (m, dir) in &self.mounts {
             p.add_mount(m.source.clone(), m.target.clone(), *dir, m.flags);
         }
-        let dir = layout.lib_dir.trim_end_matches('/');
         for lib in &self.libraries {
-            let target = format!("{dir}/{}", lib.file_name);
-            p.add_mount(lib.host_path.clone(), target, false, MountFlags::CODE);
-            if lib.soname != lib.file_name {
-                p.add_symlink(format!("{dir}/{}", lib.soname), lib.file_name.clone());
-            }
-            p.add_ldcache(
-                lib.soname.clone(),
-                format!("{dir}/{}", lib.soname),
-                lib.cache_flags,
-            );
+            p.add_library(&layout.lib_dir, lib);
         }
         p
     }

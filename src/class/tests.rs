@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::plan::MountFlags;
 
 fn class(text: &str) -> Class {
     file::parse(text, "cam", Path::new("/classes/cam.toml")).unwrap()

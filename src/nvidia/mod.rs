@@ -366,19 +366,10 @@ fn plan_libraries(p: &mut Plan, req: &Request, inv: &Inventory, layout: &Layout)
         (&inv.libraries, &layout.lib_dir),
         (&inv.libraries32, &layout.lib32_dir),
     ] {
-        let dir = dir.trim_end_matches('/');
         for lib in libs {
-            let target = format!("{dir}/{}", lib.file_name);
-            p.add_mount(lib.host_path.clone(), target, false, MountFlags::CODE);
-            if lib.soname != lib.file_name {
-                p.add_symlink(format!("{dir}/{}", lib.soname), lib.file_name.clone());
-            }
-            p.add_ldcache(
-                lib.soname.clone(),
-                format!("{dir}/{}", lib.soname),
-                lib.cache_flags,
-            );
+            p.add_library(dir, lib);
         }
+        let dir = dir.trim_end_matches('/');
         for (prefix, link, target) in catalog::EXTRA_LINKS {
             if libs.iter().any(|l| l.file_name.starts_with(prefix)) {
                 let target = target.replace("{ver}", &inv.driver_version);

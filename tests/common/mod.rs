@@ -112,6 +112,22 @@ pub fn serial() -> MutexGuard<'static, ()> {
     M.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Every file under `dir` as `path type size` lines, sorted: to see that nothing changed.
+pub fn file_tree(dir: &Path) -> Vec<String> {
+    let o = Command::new("find")
+        .arg(dir)
+        .arg("-printf")
+        .arg("%P %y %s\n")
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
 /// The host's mount table, as (mount point, fs type, source) lines, sorted.
 pub fn host_mounts() -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
