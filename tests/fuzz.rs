@@ -27,17 +27,7 @@ use serde_json::{Value, json};
 
 fn seed() -> u64 {
     static SEED: OnceLock<u64> = OnceLock::new();
-    *SEED.get_or_init(|| {
-        std::env::var("NVHOOK_FUZZ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
-    })
+    *SEED.get_or_init(|| common::seed_from_env("NVHOOK_FUZZ_SEED"))
 }
 
 fn scale() -> u32 {

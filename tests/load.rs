@@ -105,11 +105,7 @@ fn runc_64_containers_at_once_each_sees_only_its_own_gpu() {
     let took = t.elapsed();
     let left = runc_list(&root);
     for (b, _) in &bundles {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["delete", "-f", &b.id])
-            .output();
+        runc_delete(&root, &b.id);
     }
     for ((b, kind), r) in bundles.iter().zip(&runs) {
         check_isolation(*kind, r, &b.id);

@@ -126,11 +126,7 @@ fn sigkill_at_random_points_leaves_the_host_untouched() {
         let what = format!("kill {i} at {delay} us:\n{}\n{}", r.stdout, r.stderr);
         let left = runc_list(&root);
         if !left.is_empty() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "-f", &b.id])
-                .output();
+            runc_delete(&root, &b.id);
         }
         assert!(left.is_empty(), "{what}\nrunc left {left:?} behind");
         assert_no_cgroup_left(&b.id);
@@ -175,11 +171,7 @@ fn sigkill_at_random_points_leaves_the_host_untouched() {
             )
             .unwrap();
             let again = runc_run(&root, &b);
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "-f", &b.id])
-                .output();
+            runc_delete(&root, &b.id);
             assert!(
                 again.ok && again.has("started"),
                 "{what}\nthe retry failed:\n{}\n{}",
@@ -288,11 +280,7 @@ fn a_killed_hook_leaves_no_nvml_child_behind() {
     let child = child.unwrap_or_else(|| panic!("NVML was never reached: {outcome}\n{}", r.stderr));
     let left = runc_list(&root);
     if !left.is_empty() {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["delete", "-f", &b.id])
-            .output();
+        runc_delete(&root, &b.id);
     }
     assert_eq!(outcome.trim(), "killed", "{}", r.stderr);
     assert!(!r.ok && !r.has("started"), "{}", r.stdout);
@@ -455,11 +443,7 @@ fn the_container_killed_before_the_hook_is_a_clear_error_under_runc() {
     let r = runc_run(&root, &b);
     let left = runc_list(&root);
     if !left.is_empty() {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["delete", "-f", &b.id])
-            .output();
+        runc_delete(&root, &b.id);
     }
     assert!(!r.ok && !r.has("started"), "{}\n{}", r.stdout, r.stderr);
     assert!(

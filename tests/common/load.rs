@@ -46,6 +46,16 @@ pub fn runc_root(name: &str) -> RuncRoot {
 }
 
 /// Container ids in runc's state directory `root`.
+/// `runc delete -f` of container `id` under state dir `root`, for cleanup (its result is ignored:
+/// the tests judge runc's state with [`runc_list`]).
+pub fn runc_delete(root: &Path, id: &str) {
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["delete", "-f", id])
+        .output();
+}
+
 pub fn runc_list(root: &Path) -> Vec<String> {
     let o = Command::new("runc")
         .arg("--root")
@@ -176,16 +186,7 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new() -> Rng {
-        let seed = std::env::var("NVHOOK_LOAD_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
-            | 1;
+        let seed = seed_from_env("NVHOOK_LOAD_SEED") | 1;
         eprintln!("load: random seed {seed} (set NVHOOK_LOAD_SEED to replay)");
         Rng(seed)
     }
