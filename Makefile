@@ -4,7 +4,7 @@ DESTDIR ?=
 HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
 CARGO ?= cargo
 
-.PHONY: build install uninstall test deb rpm
+.PHONY: build install uninstall install-docker uninstall-docker test deb rpm
 
 build:
 	$(CARGO) build --release --locked
@@ -24,6 +24,15 @@ install:
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/nvhook $(DESTDIR)$(HOOKS_DIR)/nvhook.json
+
+# Opt-in, for `docker run --gpus`: $(PREFIX)/bin/nvidia-container-runtime-hook -> nvhook, the name
+# dockerd looks up in its PATH when it starts (restart dockerd after). Refuses, saying why, when
+# NVIDIA's own hook is installed; uninstall-docker removes only that link.
+install-docker:
+	packaging/install-docker.sh install $(PREFIX)/bin
+
+uninstall-docker:
+	packaging/install-docker.sh uninstall $(PREFIX)/bin
 
 # Packages (cargo install --locked cargo-deb / cargo-generate-rpm): target/debian/nvhook_*.deb,
 # target/generate-rpm/nvhook-*.rpm. Same files as `install`, with PREFIX=/usr.
