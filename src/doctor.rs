@@ -9,6 +9,8 @@ use crate::devnode::stat_node;
 use crate::nvidia::gpus;
 use crate::nvidia::libraries::DriverRoot;
 
+mod docker;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -87,6 +89,7 @@ pub fn run(
     hooks(&mut f, hook_dirs);
     cgroups(&mut f, &config);
     runtimes(&mut f);
+    docker::check(&mut f, Path::new("/proc"));
     classes(&mut f, &config);
     f.0
 }
