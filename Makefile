@@ -4,7 +4,7 @@ DESTDIR ?=
 HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
 CARGO ?= cargo
 
-.PHONY: build install uninstall install-docker uninstall-docker test deb rpm
+.PHONY: build install uninstall install-docker uninstall-docker test deb deb-docker rpm
 
 build:
 	$(CARGO) build --release --locked
@@ -38,6 +38,11 @@ uninstall-docker:
 # target/generate-rpm/nvhook-*.rpm. Same files as `install`, with PREFIX=/usr.
 deb:
 	$(CARGO) deb --locked
+
+# nvhook-docker: the same link as install-docker, as a package (needs nvhook; conflicts with
+# NVIDIA's toolkit). target/debian/nvhook-docker_*.deb
+deb-docker:
+	$(CARGO) deb --locked --variant docker --no-build
 
 rpm: build
 	$(CARGO) generate-rpm

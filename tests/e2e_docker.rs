@@ -29,6 +29,8 @@ const DOCKER: &str = "/usr/bin/docker";
 const DOCKERD: &str = "/usr/sbin/dockerd";
 const IMAGE: &str = "nvhook-docker-test:debian";
 const HOOK_NAME: &str = "nvidia-container-runtime-hook";
+/// A host's containerd: dockerd uses it, when it runs, instead of starting its own.
+const SYSTEM_CONTAINERD: &str = "/run/containerd/containerd.sock";
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What each container prints: its NVIDIA_* env, then the short report (GPU nodes, CUDA,
@@ -47,6 +49,10 @@ struct Dockerd {
     /// also the containerd namespace
     cgroup_parent: String,
     stopped: bool,
+    /// NVHOOK_TEST_INSTALLED=1: the package's nvhook, the link in /usr/bin
+    installed: bool,
+    /// installed mode: /etc/nvhook/config.toml points at the fixture tree while dockerd runs
+    config: Option<(InstalledConfig, std::sync::MutexGuard<'static, ()>)>,
 }
 
 impl Dockerd {
@@ -63,7 +69,10 @@ impl Dockerd {
             .unwrap_or_default()
     }
 
-    /// A new dockerd: nvhook installed with `make install-docker` into a DESTDIR first.
+    /// A new dockerd, nvhook installed for it: by `make install-docker` into a DESTDIR first in
+    /// dockerd's PATH, or, with NVHOOK_TEST_INSTALLED=1 (.ci/run, after `dpkg -i` of nvhook and
+    /// nvhook-docker), as the packages put it: /usr/bin/nvidia-container-runtime-hook -> nvhook,
+    /// found in the system PATH, reading /etc/nvhook/config.toml (no NVHOOK_CONFIG).
     fn start() -> Dockerd {
         require_tool(DOCKER, "docker.io");
         require_tool(DOCKERD, "docker.io");
@@ -72,31 +81,49 @@ impl Dockerd {
         let name = format!("nvhook-docker-{}", std::process::id());
         let dir = PathBuf::from("/tmp").join(&name);
         let _ = std::fs::remove_dir_all(&dir);
-        let bin = dir.join("destdir/usr/bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        // `make install` would copy the release binary here; the test's own build stands in
-        std::os::unix::fs::symlink(nvhook(), bin.join("nvhook")).unwrap();
-        let o = Command::new("make")
-            .arg("-s")
-            .arg("-C")
-            .arg(env!("CARGO_MANIFEST_DIR"))
-            .arg("install-docker")
-            .arg(format!("DESTDIR={}", dir.join("destdir").display()))
-            .arg("PREFIX=/usr")
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "make install-docker: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let installed = installed_mode();
+        let bin = if installed {
+            check_installed_package();
+            check_docker_package();
+            PathBuf::from("/usr/bin")
+        } else {
+            let destdir = dir.join("destdir");
+            let bin = destdir.join("usr/bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            // `make install` would copy the release binary here; the test's own build stands in
+            std::os::unix::fs::symlink(nvhook(), bin.join("nvhook")).unwrap();
+            let o = Command::new("make")
+                .args([
+                    "-s",
+                    "-C",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "install-docker",
+                    "PREFIX=/usr",
+                ])
+                .arg(format!("DESTDIR={}", destdir.display()))
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "make install-docker: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            bin
+        };
+        let config = installed.then(|| {
+            let lock = CONFIG_SWAP.lock().unwrap_or_else(|e| e.into_inner());
+            (InstalledConfig::swap_in(&fixtures().config), lock)
+        });
         let mut d = Dockerd {
             dir,
             bin,
             child: None,
             cgroup_parent: name,
             stopped: false,
+            installed,
+            config,
         };
         d.spawn();
         let o = d
@@ -121,11 +148,17 @@ impl Dockerd {
             .append(true)
             .open(self.dir.join("dockerd.log"))
             .unwrap();
-        let child = Command::new(DOCKERD)
-            .env_clear()
-            .env("PATH", format!("{}:{SYSTEM_PATH}", self.bin.display()))
+        let mut dockerd = Command::new(DOCKERD);
+        dockerd.env_clear();
+        if self.installed {
+            dockerd.env("PATH", SYSTEM_PATH);
+        } else {
             // dockerd hands its own environment to the hook (moby: `Env: os.Environ()`)
-            .env("NVHOOK_CONFIG", &fx.config)
+            dockerd
+                .env("PATH", format!("{}:{SYSTEM_PATH}", self.bin.display()))
+                .env("NVHOOK_CONFIG", &fx.config);
+        }
+        let child = dockerd
             .args(["--iptables=false", "--ip-forward=false", "--bridge=none"])
             .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
             .arg("--data-root")
@@ -240,6 +273,8 @@ impl Dockerd {
                 let _ = self.docker(&["rm", "-f", id]).output();
             }
         }
+        let system_containerd =
+            !self.dir.join("exec/containerd").exists() && Path::new(SYSTEM_CONTAINERD).exists();
         let containerd_pid =
             std::fs::read_to_string(self.dir.join("exec/containerd/containerd.pid"))
                 .ok()
@@ -266,7 +301,7 @@ impl Dockerd {
         // containerd (dockerd's child) and the shims: every process naming our directory
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let procs = processes_naming(&self.dir, containerd_pid);
+            let procs = processes_naming(&self.dir, &self.cgroup_parent, containerd_pid);
             if procs.is_empty() {
                 break;
             }
@@ -308,6 +343,19 @@ impl Dockerd {
                 }
             }
         }
+        // installed mode: the package's /etc/nvhook/config.toml comes back
+        self.config = None;
+        if system_containerd {
+            // a containerd of the host's served this dockerd: drop our (empty) namespaces
+            for ns in [
+                self.cgroup_parent.clone(),
+                format!("{}-plugins", self.cgroup_parent),
+            ] {
+                let _ = Command::new("ctr")
+                    .args(["--address", SYSTEM_CONTAINERD, "namespaces", "remove", &ns])
+                    .output();
+            }
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             left.push(format!("{}: {e}", self.dir.display()));
         }
@@ -323,9 +371,31 @@ impl Drop for Dockerd {
     }
 }
 
-/// Processes whose command line names `dir` (containerd, shims), plus `pid` while it lives.
-fn processes_naming(dir: &Path, pid: Option<u32>) -> Vec<(u32, String)> {
+/// Installed mode: the nvhook-docker package and its link.
+fn check_docker_package() {
+    let st = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "nvhook-docker"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        st, "install ok installed",
+        "NVHOOK_TEST_INSTALLED=1 but nvhook-docker is not installed (make deb-docker; dpkg -i target/debian/nvhook-docker_*.deb)"
+    );
+    let link = Path::new("/usr/bin").join(HOOK_NAME);
+    assert_eq!(
+        std::fs::read_link(&link).ok().as_deref(),
+        Some(Path::new("nvhook")),
+        "{}: the package must install it as a link to nvhook",
+        link.display()
+    );
+}
+
+/// Processes whose command line names `dir` or the containerd namespace `ns` (containerd,
+/// shims, also those of a host's containerd), plus `pid` while it lives.
+fn processes_naming(dir: &Path, ns: &str, pid: Option<u32>) -> Vec<(u32, String)> {
     let needle = dir.to_string_lossy().into_owned();
+    let ns = format!("-namespace {ns} ");
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -335,7 +405,7 @@ fn processes_naming(dir: &Path, pid: Option<u32>) -> Vec<(u32, String)> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if !cmd.is_empty() && (cmd.contains(&needle) || Some(p) == pid) {
+        if !cmd.is_empty() && (cmd.contains(&needle) || cmd.contains(&ns) || Some(p) == pid) {
             v.push((p, cmd));
         }
     }

@@ -366,7 +366,7 @@ pub const INSTALLED_CONFIG: &str = "/etc/nvhook/config.toml";
 const INSTALLED_CONFIG_ORIG: &str = "/etc/nvhook/config.toml.nvhook-test-orig";
 
 /// Checks what the package must have installed; panics naming what is missing.
-fn check_installed_package() {
+pub fn check_installed_package() {
     let st = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", "nvhook"])
         .output()
@@ -403,7 +403,7 @@ fn check_installed_package() {
     );
 }
 
-static CONFIG_SWAP: Mutex<()> = Mutex::new(());
+pub static CONFIG_SWAP: Mutex<()> = Mutex::new(());
 
 /// /etc/nvhook/config.toml as it is between container runs (installed mode).
 pub fn installed_config_between_runs() -> String {
@@ -415,10 +415,10 @@ pub fn installed_config_between_runs() -> String {
 /// container run; the package's file comes back on drop (also when the test panics). The
 /// original is kept by a hard link, so restoring it is one rename; one left by a killed run is
 /// put back first.
-struct InstalledConfig;
+pub struct InstalledConfig;
 
 impl InstalledConfig {
-    fn swap_in(fixture_config: &Path) -> InstalledConfig {
+    pub fn swap_in(fixture_config: &Path) -> InstalledConfig {
         let (etc, orig) = (
             Path::new(INSTALLED_CONFIG),
             Path::new(INSTALLED_CONFIG_ORIG),
