@@ -99,6 +99,44 @@ fn deb_assets_match_the_hooks_file() {
     assert!(mk.contains("PREFIX ?= /usr\n"), "Makefile PREFIX default");
 }
 
+/// nvhook-docker (`make deb-docker`) ships exactly the link `make install-docker` makes: the
+/// name dockerd looks up, next to the nvhook the main package installs, and stays off hosts
+/// with NVIDIA's toolkit.
+#[test]
+fn deb_docker_variant_is_the_install_docker_link() {
+    let t = cargo_toml();
+    let v = &t["package"]["metadata"]["deb"]["variants"]["docker"];
+    assert_eq!(v["name"].as_str(), Some("nvhook-docker"));
+    assert_eq!(v["depends"].as_str(), Some("nvhook"));
+    let conflicts = v["conflicts"].as_str().unwrap_or_default();
+    assert!(
+        conflicts.contains("nvidia-container-toolkit-base")
+            && conflicts.contains("nvidia-container-toolkit,"),
+        "{conflicts}"
+    );
+    let assets = v["assets"].as_array().unwrap();
+    assert_eq!(assets.len(), 1, "{assets:?}");
+    let a = assets[0].as_array().unwrap();
+    assert_eq!(a[1].as_str(), Some("usr/bin/nvidia-container-runtime-hook"));
+    let src = repo(a[0].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_link(&src).ok().as_deref(),
+        Some(Path::new("nvhook")),
+        "{} must be a relative link to nvhook (cargo-deb packages a dangling link as a link)",
+        src.display()
+    );
+    let mk = std::fs::read_to_string(repo("Makefile")).unwrap();
+    assert!(
+        mk.contains("packaging/install-docker.sh install $(PREFIX)/bin"),
+        "make install-docker links in $(PREFIX)/bin, where the .deb puts the link"
+    );
+    let sh = std::fs::read_to_string(repo("packaging/install-docker.sh")).unwrap();
+    assert!(
+        sh.contains("ln -s nvhook \"$link\""),
+        "the same relative link"
+    );
+}
+
 #[test]
 fn rpm_assets_match_the_deb() {
     let t = cargo_toml();
@@ -719,6 +757,7 @@ fn install_sh_passes_shellcheck() {
     let out = Command::new("shellcheck")
         .args(["-s", "sh"])
         .arg(repo("packaging/kubernetes/install.sh"))
+        .arg(repo("packaging/install-docker.sh"))
         .output()
         .unwrap();
     assert!(
