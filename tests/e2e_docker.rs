@@ -492,6 +492,10 @@ fn gpus_count(d: &Dockerd) {
     let r = d.run(&["--gpus", "2"]).expect_ok("--gpus 2");
     has_all(&r, BOTH, &[]);
     has_all(&r, &["NVIDIA_VISIBLE_DEVICES=0,1", "devices=2"], &[]);
+    // a count is turned into indexes by dockerd, not checked: 3 names index 2, which is not here
+    let r = d.run(&["--gpus", "3"]);
+    assert!(!r.ok, "--gpus 3 started:\n{}", r.stdout);
+    assert!(r.stderr.contains("unknown device \"2\""), "{}", r.stderr);
 }
 
 fn gpus_device_index(d: &Dockerd) {
