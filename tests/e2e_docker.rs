@@ -951,3 +951,193 @@ fn install_docker_refuses_nvidias_hook() {
     assert!(!link.is_symlink());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Rootless dockerd (`dockerd-rootless.sh`, rootlesskit) as an unprivileged user: the same
+/// lookup of the hook in the daemon's PATH, nvhook running as root of the user's namespace
+/// (no device cgroup: nvhook checks the user can open each node, docs/rootless.md).
+/// rootlesskit runs with `--net=host` (DOCKERD_ROOTLESS_ROOTLESSKIT_NET=host): the default
+/// slirp4netns needs /dev/net/tun, which some hosts (this one: mode 0600) keep from users, and
+/// containers here use no network anyway.
+#[test]
+fn rootless_dockerd_gpus() {
+    const RL_USER: &str = "nvhookdocker";
+    const SCRIPT: &str = "/usr/share/docker.io/contrib/dockerd-rootless.sh";
+    require_tool(DOCKER, "docker.io");
+    require_tool("rootlesskit", "rootlesskit");
+    assert!(
+        Path::new(SCRIPT).exists(),
+        "{SCRIPT}: apt-get install docker.io"
+    );
+    let fx = fixtures();
+    let sh = |script: &str| {
+        let o = Command::new("sh").arg("-c").arg(script).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    sh(&format!(
+        "id -u {RL_USER} >/dev/null 2>&1 || useradd --no-create-home --home-dir /nonexistent --shell /bin/sh {RL_USER}; \
+         touch /etc/subuid /etc/subgid; \
+         grep -q '^{RL_USER}:' /etc/subuid || usermod --add-subuids 500000-565535 {RL_USER}; \
+         grep -q '^{RL_USER}:' /etc/subgid || usermod --add-subgids 500000-565535 {RL_USER}"
+    ));
+    // Everything the user's daemon and the hook read lies in one directory the user can reach
+    // (a CI checkout may sit under /root): nvhook, the link, the fixture tree, the image.
+    let dir = PathBuf::from(format!("/tmp/nvhook-docker-rl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let guard = RootlessDir(dir.clone());
+    let bin = dir.join("destdir/usr/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(nvhook(), bin.join("nvhook")).unwrap();
+    sh(&format!(
+        "make -s -C {} install-docker PREFIX=/usr DESTDIR={}/destdir",
+        env!("CARGO_MANIFEST_DIR"),
+        dir.display()
+    ));
+    let tree = dir.join("fx");
+    sh(&format!(
+        "mkdir -p {t} && cp -a {f}/driver {f}/proc {f}/sys {f}/dev {t}/ && chmod 755 {t}/dev/nvidia-caps {t}/dev/nvidia-caps-imex-channels && chmod 666 {t}/dev/nvidia-caps/* && cp {f}/rootfs-debian.tar {d}/ && mkdir -m 700 {d}/xdg {d}/home && chown {RL_USER} {d}/xdg {d}/home && chmod -R a+rX {d}/destdir {d}/rootfs-debian.tar",
+        t = tree.display(),
+        f = fx.dir.display(),
+        d = dir.display()
+    ));
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "driver-root = \"{0}/driver\"\ndev-root = \"{0}\"\nproc-root = \"{0}/proc\"\nsys-root = \"{0}/sys\"\n",
+            tree.display()
+        ),
+    )
+    .unwrap();
+    let (xdg, home) = (dir.join("xdg"), dir.join("home"));
+    let sock = format!("unix://{}/docker.sock", xdg.display());
+    let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+    let mut child = Command::new("runuser")
+        .args(["-u", RL_USER, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg(format!("XDG_RUNTIME_DIR={}", xdg.display()))
+        .arg(format!(
+            "PATH={}:/usr/share/docker.io/contrib:{SYSTEM_PATH}",
+            bin.display()
+        ))
+        .arg(format!("NVHOOK_CONFIG={}", cfg.display()))
+        .args([
+            "DOCKERD_ROOTLESS_ROOTLESSKIT_NET=host",
+            "DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER=none",
+            SCRIPT,
+            "--iptables=false",
+            "--ip-forward=false",
+            "--bridge=none",
+        ])
+        .arg("--data-root")
+        .arg(home.join("data"))
+        .arg("--exec-root")
+        .arg(xdg.join("exec"))
+        .args(["-H", &sock])
+        .arg("--pidfile")
+        .arg(xdg.join("dockerd.pid"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let docker = |args: &[&str]| {
+        let o = Command::new("runuser")
+            .args(["-u", RL_USER, "--", "env", "-i"])
+            .arg(format!("HOME={}", home.display()))
+            .arg(format!("PATH={SYSTEM_PATH}"))
+            .args([DOCKER, "-H", &sock])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !docker(&["version"]).ok {
+        let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
+        assert!(
+            child.try_wait().ok().flatten().is_none() && Instant::now() < deadline,
+            "rootless dockerd did not come up:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tar = dir.join("rootfs-debian.tar");
+    docker(&["import", tar.to_str().unwrap(), IMAGE]).expect_ok("docker import");
+    let info = docker(&["info", "-f", "{{.SecurityOptions}}"]);
+    assert!(info.stdout.contains("rootless"), "{}", info.stdout);
+    let run = |gpus: &str| {
+        let r = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--gpus",
+            gpus,
+            IMAGE,
+            "/bin/sh",
+            "-c",
+            &report(),
+        ]);
+        println!(
+            "$ docker run --rm --network none --gpus {gpus} IMAGE sh -c REPORT   (rootless dockerd)\n{}{}",
+            r.stdout, r.stderr
+        );
+        r
+    };
+    let r = run("device=1").expect_ok("rootless --gpus device=1");
+    has_all(
+        &r,
+        &["node:nvidia0", "NVIDIA_VISIBLE_DEVICES=1\n", "devices=1"],
+        &["node:nvidia1"],
+    );
+    has_all(&r, CUDA_OK, &[]);
+    let r = run("all").expect_ok("rootless --gpus all");
+    has_all(&r, &["node:nvidia0", "node:nvidia1", "devices=2"], &[]);
+    has_all(&r, CUDA_OK, &[]);
+    let r = run("device=7");
+    assert!(
+        !r.ok && r.stderr.contains("unknown device \"7\""),
+        "{}",
+        r.stderr
+    );
+    // stop it by its pid; rootlesskit and the runuser above it follow
+    let pid = std::fs::read_to_string(xdg.join("dockerd.pid")).unwrap();
+    sh(&format!("kill -TERM {}", pid.trim()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().ok().flatten().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "rootless dockerd {pid} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = processes_naming(&dir, "-", None);
+    assert!(left.is_empty(), "left running: {left:?}");
+    drop(guard);
+}
+
+/// Removes the rootless test's directory, also when the test panics; kills what still runs
+/// from it (by pid).
+struct RootlessDir(PathBuf);
+
+impl Drop for RootlessDir {
+    fn drop(&mut self) {
+        for (pid, _) in processes_naming(&self.0, "-", None) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

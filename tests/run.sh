@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust >= 1.85, e.g. from rustup.rs)" >&2; exit 1; }
 
-PKGS="runc crun podman conmon busybox-static build-essential python3 iproute2 util-linux uidmap catatonit groff-base python3-venv shellcheck strace git docker.io"
+PKGS="runc crun podman conmon busybox-static build-essential python3 iproute2 util-linux uidmap catatonit groff-base python3-venv shellcheck strace git docker.io rootlesskit"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
