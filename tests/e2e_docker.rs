@@ -632,7 +632,7 @@ fn gpus_bad_device(d: &Dockerd) {
 /// kept layer (the mount points and linker cache of the first start are already there).
 fn restart_and_exec(d: &Dockerd) {
     let script = format!("{}; exec sleep 100000", report());
-    let r = d.cmd(
+    d.cmd(
         "run -d --name nvt-restart --gpus device=1 IMAGE sh -c 'REPORT; exec sleep 100000'",
         &[
             "run",
@@ -650,9 +650,8 @@ fn restart_and_exec(d: &Dockerd) {
             "-c",
             &script,
         ],
-    );
-    let r = r.expect_ok("run -d");
-    let _ = r;
+    )
+    .expect_ok("run -d");
     let exec = || {
         d.cmd(
             "exec nvt-restart sh -c REPORT",
