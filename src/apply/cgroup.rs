@@ -148,6 +148,10 @@ pub fn cgroup_dirs(proc_cgroup: &str, mountinfo: &str) -> Result<CgroupDirs, Err
     let (v1_mount, v2_mount) = parse_mountinfo(mountinfo);
     let v1 = match (&v1_path, &v1_mount) {
         (Some(p), Some(m)) => Some(cgroup_dir(m, p)?),
+        // The kernel lists every v1 hierarchy in /proc/<pid>/cgroup even where none is mounted
+        // (a cgroup2-only systemd host on a kernel that also serves v1 elsewhere: `5:devices:/`).
+        // The root of a hierarchy nobody mounted confines nothing; the v2 programs decide there.
+        (Some(p), None) if p == "/" => None,
         (Some(p), None) => {
             return Err(Error::CgroupNotFound {
                 reason: format!(
@@ -460,5 +464,28 @@ mod tests {
         assert_eq!(unescape("/mnt/cg\\040x"), "/mnt/cg x");
         assert_eq!(unescape("/a\\777"), "/a\\777");
         assert_eq!(unescape("/a\\04"), "/a\\04");
+    }
+
+    #[test]
+    fn unmounted_v1_devices_root_is_ignored_not_refused() {
+        // the systemd-nspawn test host: cgroup2 only, the kernel still lists its v1 hierarchies
+        let proc = "5:devices:/\n1:name=systemd:/\n0::/system.slice/c1.scope\n";
+        let mi = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        let d = cgroup_dirs(proc, mi).unwrap();
+        assert_eq!(d.v1, None);
+        assert_eq!(
+            d.v2,
+            [
+                Path::new("/sys/fs/cgroup/system.slice/c1.scope"),
+                Path::new("/sys/fs/cgroup/system.slice"),
+                Path::new("/sys/fs/cgroup"),
+            ]
+        );
+        // a v1 devices cgroup below the root confines: not mounted there is still an error
+        let e = cgroup_dirs("5:devices:/runc/c1\n0::/c1\n", mi).unwrap_err();
+        assert!(
+            e.to_string().contains("no devices hierarchy is mounted"),
+            "{e}"
+        );
     }
 }

@@ -62,6 +62,23 @@ pub fn require_tool(name: &str, package: &str) {
     );
 }
 
+/// `NVHOOK_TEST_SYSTEMD=1` (set by tests/systemd/host.sh inside its systemd host): runc and crun
+/// run with `--systemd-cgroup` and a `slice:prefix:name` cgroupsPath, podman with
+/// `--cgroup-manager systemd`, as on a production host where systemd is PID 1. Off by default:
+/// the cgroupfs managers, as before.
+pub fn systemd_mode() -> bool {
+    std::env::var("NVHOOK_TEST_SYSTEMD").is_ok_and(|v| v == "1")
+}
+
+/// `runc`/`crun` with the cgroup manager of this test run (systemd mode: `--systemd-cgroup`).
+pub fn oci_runtime(runtime: &str) -> Command {
+    let mut c = Command::new(runtime);
+    if systemd_mode() {
+        c.arg("--systemd-cgroup");
+    }
+    c
+}
+
 /// crun refuses hybrid cgroups while the cgroup2 mount holds a controller (hugetlb on the CI
 /// machine). Mounting hugetlb as a v1 hierarchy frees it. Idempotent; only when needed.
 pub fn prepare_host() {
@@ -286,6 +303,10 @@ pub fn bundle(spec: &Spec<'_>) -> Bundle {
     env.extend(spec.env.iter().cloned());
     c["process"]["env"] = json!(env);
     c["root"]["readonly"] = json!(spec.readonly);
+    if systemd_mode() {
+        // the systemd driver's form: the container becomes nvhook-test-<id>.scope in system.slice
+        c["linux"]["cgroupsPath"] = json!(format!("system.slice:nvhook-test:{id}"));
+    }
     if spec.privileged {
         for set in ["bounding", "effective", "permitted"] {
             if let Some(caps) = c["process"]["capabilities"][set].as_array_mut() {
@@ -316,14 +337,14 @@ pub fn bundle(spec: &Spec<'_>) -> Bundle {
 pub fn run_oci(runtime: &str, b: &Bundle) -> Run {
     require_tool(runtime, runtime);
     prepare_host();
-    let o = Command::new(runtime)
+    let o = oci_runtime(runtime)
         .args(["run", "--bundle"])
         .arg(&b.dir)
         .arg(&b.id)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let _ = Command::new(runtime).args(["delete", "-f", &b.id]).output();
+    let _ = oci_runtime(runtime).args(["delete", "-f", &b.id]).output();
     Run::from(o)
 }
 
@@ -449,7 +470,13 @@ impl Podman {
             .arg(self.root.join("root"))
             .arg("--runroot")
             .arg(&self.runroot)
-            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+            .arg("--cgroup-manager")
+            .arg(if systemd_mode() {
+                "systemd"
+            } else {
+                "cgroupfs"
+            })
+            .args(["--events-backend", "file"]);
         c
     }
 
