@@ -751,6 +751,21 @@ fn install_sh_refuses_bad_input_with_a_reason() {
     assert!(!node.root.join(HOOK).exists());
 }
 
+/// The systemd test host's harness (tests/systemd/host.sh, run by `make test` and CI).
+#[test]
+fn systemd_host_sh_passes_shellcheck() {
+    common::require_tool("shellcheck", "shellcheck");
+    let out = Command::new("shellcheck")
+        .arg(repo("tests/systemd/host.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn install_sh_passes_shellcheck() {
     common::require_tool("shellcheck", "shellcheck");

@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust >= 1.85, e.g. from rustup.rs)" >&2; exit 1; }
 
-PKGS="runc crun podman conmon busybox-static build-essential python3 iproute2 util-linux uidmap catatonit groff-base python3-venv shellcheck strace git docker.io rootlesskit"
+PKGS="runc crun podman conmon busybox-static build-essential python3 iproute2 util-linux uidmap catatonit groff-base python3-venv shellcheck strace git docker.io rootlesskit debootstrap systemd-container"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -51,6 +51,19 @@ else
 fi
 echo "== cargo test (unit + end to end)"
 cargo test --workspace --locked -- --test-threads=2 --skip fuzz_
+echo "== systemd host: e2e suites with the systemd cgroup manager (tests/systemd/host.sh; docs/systemd.md)"
+# A debootstrap tree cached under target/systemd-host/ (built once per clone), booted with
+# systemd-nspawn; the runc, crun, podman and classes suites run inside it with
+# NVHOOK_TEST_SYSTEMD=1. The host is stopped whatever happens, and stop fails if it left anything.
+t=$(date +%s)
+tests/systemd/host.sh stop >/dev/null 2>&1 || true
+trap 'tests/systemd/host.sh stop || true' EXIT
+tests/systemd/host.sh build >/dev/null
+tests/systemd/host.sh boot
+tests/systemd/host.sh suites
+trap - EXIT
+tests/systemd/host.sh stop
+echo "tests/run.sh: systemd host step took $(( $(date +%s) - t ))s"
 echo "== fuzzing, bounded (tests/fuzz.rs; prints execs and time per parser; docs/fuzzing.md)"
 cargo test --locked --test fuzz -- --test-threads=2 --nocapture
 echo "== benchmark smoke test (bench/run.sh, small N: it must run and report, no timing is judged)"

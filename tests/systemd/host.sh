@@ -209,7 +209,10 @@ cmd_boot() {
     esac
     log "booted in $(( $(date +%s) - start ))s, system state $state (pid $(leader_pid))"
     if [ "$state" = degraded ]; then enter systemctl --failed --no-legend >&2 || true; fi
-    cmd_check
+    if ! (cmd_check); then
+        cmd_stop || true
+        die "the booted host failed its self-check: stopped"
+    fi
 }
 
 # The host must enforce device policy: a strict scope allowed only /dev/null reads /dev/null and
@@ -219,7 +222,7 @@ cmd_check() {
     enter systemd-run --quiet --scope -p DevicePolicy=strict -p "DeviceAllow=/dev/null rw" head -c1 /dev/null \
         || die "self-check: a scope allowed /dev/null cannot read it"
     if out=$(enter systemd-run --quiet --scope -p DevicePolicy=strict -p "DeviceAllow=/dev/null rw" \
-        head -c1 /dev/zero 2>&1); then
+        head -c1 /dev/zero 2>&1 >/dev/null); then
         die "self-check: device policy is NOT enforced (a strict scope read /dev/zero)"
     fi
     grep -q "Operation not permitted" <<<"$out" || die "self-check: expected EPERM on /dev/zero, got: $out"
