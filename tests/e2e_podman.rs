@@ -166,3 +166,22 @@ fn the_registration_in_use() {
         assert_eq!(hook["hook"]["path"], nvhook());
     }
 }
+
+#[test]
+fn runs_where_the_cgroup_manager_puts_it() {
+    let script = format!("{CGROUP_LINE}; probe open /probe-nodes/gpu-kmsg /probe-nodes/gpu-fuse");
+    let r = podman()
+        .run_checked(
+            DEBIAN,
+            &[&format!("NVIDIA_VISIBLE_DEVICES={GPU0_UUID}")],
+            &["--cgroupns", "host"],
+            &script,
+        )
+        .expect_ok("podman --cgroupns host");
+    assert_cgroup_manager("podman", "", &r);
+    assert!(
+        r.has("/probe-nodes/gpu-kmsg: ok") && r.has("/probe-nodes/gpu-fuse: EPERM"),
+        "{}",
+        r.stdout
+    );
+}

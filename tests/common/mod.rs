@@ -67,7 +67,60 @@ pub fn require_tool(name: &str, package: &str) {
 /// `--cgroup-manager systemd`, as on a production host where systemd is PID 1. Off by default:
 /// the cgroupfs managers, as before.
 pub fn systemd_mode() -> bool {
-    std::env::var("NVHOOK_TEST_SYSTEMD").is_ok_and(|v| v == "1")
+    let on = std::env::var("NVHOOK_TEST_SYSTEMD").is_ok_and(|v| v == "1");
+    if on {
+        let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+        assert_eq!(
+            init.trim(),
+            "systemd",
+            "NVHOOK_TEST_SYSTEMD=1 needs systemd as PID 1: run the suites with tests/systemd/host.sh suites"
+        );
+    }
+    on
+}
+
+/// The container's line of /proc/self/cgroup as the host names it (script snippet; the bundle
+/// must share the host's cgroup namespace: [`without_cgroupns`]).
+pub const CGROUP_LINE: &str = "grep '^0::' /proc/self/cgroup | sed 's/^/cgroup:/'";
+
+/// Drop the cgroup namespace from a bundle, so the container sees its cgroup's real path.
+pub fn without_cgroupns(b: &Bundle) {
+    let path = b.dir.join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    if let Some(ns) = c["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "cgroup");
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+}
+
+/// Check that the container ran where the cgroup manager in use puts it: under
+/// NVHOOK_TEST_SYSTEMD=1 in the systemd scope of its cgroupsPath (runc: the scope itself, crun:
+/// its `container` sub-cgroup; podman: `machine.slice/libpod-<id>.scope/container`; `id` is
+/// unused), otherwise in no systemd scope at all. Guards the systemd-host
+/// step against running the cgroupfs paths unnoticed.
+pub fn assert_cgroup_manager(runtime: &str, id: &str, r: &Run) {
+    let line = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("cgroup:"))
+        .unwrap_or_else(|| panic!("no cgroup line in the container's output:\n{}", r.stdout));
+    if systemd_mode() && runtime == "podman" {
+        // podman (crun) names the scope after the container's id: libpod-<id>.scope/container
+        assert!(
+            line.starts_with("0::/machine.slice/libpod-") && line.ends_with(".scope/container"),
+            "podman --cgroup-manager systemd: {line}"
+        );
+    } else if systemd_mode() {
+        let scope = format!("0::/system.slice/nvhook-test-{id}.scope");
+        let want = if runtime == "crun" {
+            format!("{scope}/container")
+        } else {
+            scope
+        };
+        assert_eq!(line, want, "{runtime} --systemd-cgroup");
+    } else {
+        assert!(!line.contains(".scope"), "{runtime} (cgroupfs): {line}");
+    }
 }
 
 /// `runc`/`crun` with the cgroup manager of this test run (systemd mode: `--systemd-cgroup`).
