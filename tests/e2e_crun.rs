@@ -84,15 +84,5 @@ fn unknown_uuid_message_reaches_cruns_output() {
 
 #[test]
 fn runs_where_the_cgroup_manager_puts_it() {
-    let _g = serial();
-    let script = format!("{CGROUP_LINE}; probe open /probe-nodes/gpu-kmsg /probe-nodes/gpu-fuse");
-    let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], &script));
-    without_cgroupns(&b);
-    let r = run_oci("crun", &b).expect_ok("crun");
-    assert_cgroup_manager("crun", &b.id, &r);
-    assert!(
-        r.has("/probe-nodes/gpu-kmsg: ok") && r.has("/probe-nodes/gpu-fuse: EPERM"),
-        "{}",
-        r.stdout
-    );
+    check_runs_where_the_cgroup_manager_puts_it("crun");
 }

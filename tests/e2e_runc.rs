@@ -282,15 +282,5 @@ fn no_cgroups_leaves_the_device_cgroup_alone() {
 
 #[test]
 fn runs_where_the_cgroup_manager_puts_it() {
-    let _g = serial();
-    let script = format!("{CGROUP_LINE}; probe open /probe-nodes/gpu-kmsg /probe-nodes/gpu-fuse");
-    let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], &script));
-    without_cgroupns(&b);
-    let r = run_oci("runc", &b).expect_ok("runc");
-    assert_cgroup_manager("runc", &b.id, &r);
-    assert!(
-        r.has("/probe-nodes/gpu-kmsg: ok") && r.has("/probe-nodes/gpu-fuse: EPERM"),
-        "{}",
-        r.stdout
-    );
+    check_runs_where_the_cgroup_manager_puts_it("runc");
 }

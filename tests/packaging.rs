@@ -751,33 +751,29 @@ fn install_sh_refuses_bad_input_with_a_reason() {
     assert!(!node.root.join(HOOK).exists());
 }
 
-/// The systemd test host's harness (tests/systemd/host.sh, run by `make test` and CI).
-#[test]
-fn systemd_host_sh_passes_shellcheck() {
+/// shellcheck `script` (its shebang's shell, or `shell` where given): no finding at all.
+fn shellcheck(script: &str, shell: Option<&str>) {
     common::require_tool("shellcheck", "shellcheck");
-    let out = Command::new("shellcheck")
-        .arg(repo("tests/systemd/host.sh"))
-        .output()
-        .unwrap();
+    let mut c = Command::new("shellcheck");
+    if let Some(sh) = shell {
+        c.args(["-s", sh]);
+    }
+    let out = c.arg(repo(script)).output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{script}: {}",
         String::from_utf8_lossy(&out.stdout)
     );
 }
 
 #[test]
 fn install_sh_passes_shellcheck() {
-    common::require_tool("shellcheck", "shellcheck");
-    let out = Command::new("shellcheck")
-        .args(["-s", "sh"])
-        .arg(repo("packaging/kubernetes/install.sh"))
-        .arg(repo("packaging/install-docker.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    shellcheck("packaging/kubernetes/install.sh", Some("sh"));
+    shellcheck("packaging/install-docker.sh", Some("sh"));
+}
+
+/// The systemd test host's harness (tests/systemd/host.sh, run by `make test` and CI).
+#[test]
+fn systemd_host_sh_passes_shellcheck() {
+    shellcheck("tests/systemd/host.sh", None);
 }

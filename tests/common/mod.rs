@@ -93,6 +93,22 @@ pub fn without_cgroupns(b: &Bundle) {
     std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
 }
 
+/// A GPU container under `runtime` (runc or crun) that reports its cgroup: it must be where the
+/// cgroup manager in use puts it ([`assert_cgroup_manager`]), and its GPU must be granted there.
+pub fn check_runs_where_the_cgroup_manager_puts_it(runtime: &str) {
+    let _g = serial();
+    let script = format!("{CGROUP_LINE}; probe open /probe-nodes/gpu-kmsg /probe-nodes/gpu-fuse");
+    let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], &script));
+    without_cgroupns(&b);
+    let r = run_oci(runtime, &b).expect_ok(runtime);
+    assert_cgroup_manager(runtime, &b.id, &r);
+    assert!(
+        r.has("/probe-nodes/gpu-kmsg: ok") && r.has("/probe-nodes/gpu-fuse: EPERM"),
+        "{}",
+        r.stdout
+    );
+}
+
 /// Check that the container ran where the cgroup manager in use puts it: under
 /// NVHOOK_TEST_SYSTEMD=1 in the systemd scope of its cgroupsPath (runc: the scope itself, crun:
 /// its `container` sub-cgroup; podman: `machine.slice/libpod-<id>.scope/container`; `id` is
