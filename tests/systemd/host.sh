@@ -244,7 +244,8 @@ cmd_stop() {
     local n t i
     t=$(cat "$RUN/tree" 2>/dev/null || tree)
     if n=$(nspawn_pid); then
-        if is_running; then enter systemctl poweroff --no-block >/dev/null 2>&1 || true; fi
+        # bounded: a hung systemd would hang systemctl too
+        if is_running; then enter timeout 15 systemctl poweroff --no-block >/dev/null 2>&1 || true; fi
         for ((i = 0; i < 120; i++)); do nspawn_pid >/dev/null || break; sleep 0.5; done
         if n=$(nspawn_pid); then
             log "poweroff did not finish in 60s: SIGTERM, then SIGKILL"
@@ -253,22 +254,27 @@ cmd_stop() {
             if n=$(nspawn_pid); then kill -KILL "$n" 2>/dev/null || true; sleep 1; fi
         fi
     fi
-    # processes that still run in the tree (a killed payload's children): kill them by their pid
-    local what p left
+    # What a killed host leaves (a clean poweroff leaves nothing): its processes, killed by pid,
+    # then nspawn's payload/ and supervisor/ cgroups (systemd inside removed its own).
+    local what p left killed="" cg
     left=$(leftovers "$t")
     while read -r what p _; do
-        [ "$what" != process ] || kill -KILL "$p" 2>/dev/null || true
+        [ "$what" = process ] || continue
+        kill -KILL "$p" 2>/dev/null || true
+        killed="$killed $p"
     done <<<"$left"
+    for ((i = 0; i < 20; i++)); do
+        grep -q '^process ' <<<"$(leftovers "$t")" || break
+        sleep 0.5
+    done
     rm -f "$RUN/nspawn.pid"
-    # the cgroups: systemd inside removed its own; payload/ and supervisor/ are nspawn's
-    local cg
     cg=$(host_cgroup)
-    if [ -n "$cg" ] && [ -d "$cg" ]; then
-        find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
-        [ ! -d "$cg" ] || left="$left
-cgroup $(find "$cg" -type d | head -5)"
-    fi
-    [ -z "$left" ] || die "the stopped host left behind (now killed where a process):
+    [ -z "$cg" ] || [ ! -d "$cg" ] || find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    [ -z "$killed" ] || log "killed what the host left running:$killed"
+    left=$(leftovers "$t")
+    [ -z "$cg" ] || [ ! -d "$cg" ] || left="$left${left:+
+}cgroup $cg"
+    [ -z "$left" ] || die "the stopped host left behind:
 $left"
     log "stopped; no mount, cgroup or process of it left"
 }
