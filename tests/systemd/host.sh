@@ -17,7 +17,9 @@
 #                          e2e_crun e2e_podman e2e_classes
 #
 # Environment: NVHOOK_SYSTEMD_HOST_DIR (default target/systemd-host), NVHOOK_SYSTEMD_HOST_MIRROR
-# (a Debian mirror, default http://deb.debian.org/debian), NVHOOK_SYSTEMD_HOST_BOOT_TIMEOUT (s).
+# (a Debian mirror, default http://deb.debian.org/debian), NVHOOK_SYSTEMD_HOST_BOOT_TIMEOUT (s),
+# NVHOOK_SYSTEMD_HOST_ENV ("VAR=value ..." passed to exec'd commands; or `exec env VAR=value CMD`).
+# A test that needs more in the tree adds its package to PACKAGES: the cache key follows.
 # Needs root, debootstrap and systemd-container (systemd-nspawn) on this machine.
 set -euo pipefail
 
