@@ -161,20 +161,24 @@ impl BundleConfig {
             path: path.clone(),
             source,
         };
+        let too_big = |path| Error::SpecParse {
+            path,
+            reason: format!(
+                "it is larger than {} MiB, which no runtime spec that can start is; nvhook does not read it",
+                MAX_CONFIG_SIZE >> 20
+            ),
+        };
+        let file = std::fs::File::open(&path).map_err(read_err)?;
+        // refused by its size without reading it; the bounded read covers files that grow
+        if file.metadata().map_err(read_err)?.len() > MAX_CONFIG_SIZE {
+            return Err(too_big(path));
+        }
         let mut text = Vec::new();
-        std::fs::File::open(&path)
-            .map_err(read_err)?
-            .take(MAX_CONFIG_SIZE + 1)
+        file.take(MAX_CONFIG_SIZE + 1)
             .read_to_end(&mut text)
             .map_err(read_err)?;
         if text.len() as u64 > MAX_CONFIG_SIZE {
-            return Err(Error::SpecParse {
-                path,
-                reason: format!(
-                    "it is larger than {} MiB, which no runtime spec that can start is; nvhook does not read it",
-                    MAX_CONFIG_SIZE >> 20
-                ),
-            });
+            return Err(too_big(path));
         }
         Self::from_bytes(bundle, &text)
     }
