@@ -67,20 +67,18 @@ fn variants() -> Vec<Variant> {
         runc,
         privileged,
     };
-    let mut unknown_cap = runc11.clone();
-    for set in ["bounding", "effective", "permitted"] {
-        unknown_cap["process"]["capabilities"][set]
-            .as_array_mut()
-            .unwrap()
-            .push(json!("CAP_NVHOOK_FROM_2031"));
-    }
-    let mut unknown_cap_admin = unknown_cap.clone();
-    for set in ["bounding", "effective", "permitted"] {
-        unknown_cap_admin["process"]["capabilities"][set]
-            .as_array_mut()
-            .unwrap()
-            .push(json!("CAP_SYS_ADMIN"));
-    }
+    let with_cap = |spec: &Value, cap: &str| {
+        let mut spec = spec.clone();
+        for set in ["bounding", "effective", "permitted"] {
+            spec["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!(cap));
+        }
+        spec
+    };
+    let unknown_cap = with_cap(&runc11, "CAP_NVHOOK_FROM_2031");
+    let unknown_cap_admin = with_cap(&unknown_cap, "CAP_SYS_ADMIN");
     // OCI 1.0.0-rc1 to rc4: one flat capability list (runc today refuses it)
     let mut pre_rc5 = runc11.clone();
     pre_rc5["ociVersion"] = json!("1.0.0-rc4");

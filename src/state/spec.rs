@@ -300,20 +300,19 @@ impl<'de> de::Deserialize<'de> for Any<'de> {
 /// How a JSON key names a spec field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyMatch {
-    No,
     /// Exactly: every runtime reads it.
     Exact,
     /// Only by Go's case folding: runc reads it, crun does not.
     Folded,
 }
 
-fn key_match(key: &str, name: &str) -> KeyMatch {
+fn matched(key: &str, name: &str) -> Option<KeyMatch> {
     if key == name {
-        KeyMatch::Exact
+        Some(KeyMatch::Exact)
     } else if key_is(key, name) {
-        KeyMatch::Folded
+        Some(KeyMatch::Folded)
     } else {
-        KeyMatch::No
+        None
     }
 }
 
@@ -492,7 +491,7 @@ impl<'de> Fields<'de> for Top<'_> {
             map.next_value_seed(Obj(Root(v)))?;
         } else if key_is(key, "linux") {
             map.next_value_seed(Obj(Linux(v)))?;
-        } else if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "mounts") {
+        } else if let Some(m) = matched(key, "mounts") {
             let mut over = false;
             let ms: Vec<MountFields> = map.next_value_seed(obj_list(MAX_MOUNTS, &mut over))?;
             let ms = ms.into_iter().map(|m| m.0).collect();
@@ -515,7 +514,7 @@ struct Process<'v>(&'v mut SpecView);
 impl<'de> Fields<'de> for Process<'_> {
     fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         let v = &mut *self.0;
-        if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "env") {
+        if let Some(m) = matched(key, "env") {
             let mut over = false;
             let env = map.next_value_seed(list(MAX_KEPT_ENV, &mut over, |e| match e {
                 Any::Str(s) if env_entry_is_read(&s) => Some(s.into_owned()),
@@ -527,7 +526,7 @@ impl<'de> Fields<'de> for Process<'_> {
                 ));
             }
             set(&mut v.ambiguous, &mut v.env, env, m, "process.env");
-        } else if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "capabilities") {
+        } else if let Some(m) = matched(key, "capabilities") {
             let admin = map.next_value_seed(Caps)?;
             set(
                 &mut v.ambiguous,
@@ -609,7 +608,7 @@ struct User<'v>(&'v mut SpecView);
 impl<'de> Fields<'de> for User<'_> {
     fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         let v = &mut *self.0;
-        if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "uid") {
+        if let Some(m) = matched(key, "uid") {
             let id = map.next_value::<Any<'de>>()?.id();
             set(
                 &mut v.ambiguous,
@@ -618,7 +617,7 @@ impl<'de> Fields<'de> for User<'_> {
                 m,
                 "process.user.uid",
             );
-        } else if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "gid") {
+        } else if let Some(m) = matched(key, "gid") {
             let id = map.next_value::<Any<'de>>()?.id();
             set(
                 &mut v.ambiguous,
@@ -627,7 +626,7 @@ impl<'de> Fields<'de> for User<'_> {
                 m,
                 "process.user.gid",
             );
-        } else if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "additionalGids") {
+        } else if let Some(m) = matched(key, "additionalGids") {
             let mut over = false;
             let ids = map.next_value_seed(list(MAX_IDS, &mut over, |g: Any<'de>| Some(g.id())))?;
             if over {
@@ -652,10 +651,9 @@ struct Root<'v>(&'v mut SpecView);
 impl<'de> Fields<'de> for Root<'_> {
     fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         let v = &mut *self.0;
-        let m = key_match(key, "path");
-        if m == KeyMatch::No {
+        let Some(m) = matched(key, "path") else {
             return Ok(false);
-        }
+        };
         let p = map.next_value::<Any<'de>>()?.into_string();
         set(&mut v.ambiguous, &mut v.root_path, p, m, "root.path");
         Ok(true)
@@ -667,7 +665,7 @@ struct Linux<'v>(&'v mut SpecView);
 impl<'de> Fields<'de> for Linux<'_> {
     fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         let v = &mut *self.0;
-        if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "cgroupsPath") {
+        if let Some(m) = matched(key, "cgroupsPath") {
             let p = map.next_value::<Any<'de>>()?.into_string();
             set(
                 &mut v.ambiguous,
@@ -676,33 +674,26 @@ impl<'de> Fields<'de> for Linux<'_> {
                 m,
                 "linux.cgroupsPath",
             );
-        } else if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "uidMappings") {
+        } else if let Some((m, uid)) = matched(key, "uidMappings")
+            .map(|m| (m, true))
+            .or_else(|| matched(key, "gidMappings").map(|m| (m, false)))
+        {
             let mut over = false;
             let ms: Vec<MappingFields> = map.next_value_seed(obj_list(MAX_IDS, &mut over))?;
-            let ms = ms.into_iter().map(|m| m.0).collect();
+            let (slot, name) = if uid {
+                (&mut v.uid_mappings, "linux.uidMappings")
+            } else {
+                (&mut v.gid_mappings, "linux.gidMappings")
+            };
             set(
                 &mut v.ambiguous,
-                &mut v.uid_mappings,
-                ms,
+                slot,
+                ms.into_iter().map(|m| m.0).collect(),
                 m,
-                "linux.uidMappings",
+                name,
             );
             if over {
-                v.over_limit = Some(format!("more than {MAX_IDS} uidMappings"));
-            }
-        } else if let m @ (KeyMatch::Exact | KeyMatch::Folded) = key_match(key, "gidMappings") {
-            let mut over = false;
-            let ms: Vec<MappingFields> = map.next_value_seed(obj_list(MAX_IDS, &mut over))?;
-            let ms = ms.into_iter().map(|m| m.0).collect();
-            set(
-                &mut v.ambiguous,
-                &mut v.gid_mappings,
-                ms,
-                m,
-                "linux.gidMappings",
-            );
-            if over {
-                v.over_limit = Some(format!("more than {MAX_IDS} gidMappings"));
+                v.over_limit = Some(format!("more than {MAX_IDS} entries in {name}"));
             }
         } else {
             return Ok(false);
