@@ -46,22 +46,35 @@ pub fn state(bytes: &[u8]) {
     }
 }
 
-/// The bundle's `config.json`: the lenient fast path (`process.env`, mount destinations) and the
-/// full spec. The fast path must accept everything the full parse accepts.
+/// The bundle's `config.json`. Issue 15's rule: a value nvhook does not use is never a reason
+/// to fail a container, so any JSON object parses, and a spec in which no string anywhere names
+/// an `NVIDIA_*`/`NVHOOK_DEVICES_*`/`CUDA_VERSION` variable or the device-list mount directory
+/// (decided here without nvhook's parser) asks for nothing: `nvhook plan` gives an empty plan,
+/// never an error.
 pub fn bundle_config(bytes: &[u8]) {
     let bundle = Path::new("/fuzz/bundle");
-    let b = crate::state::BundleConfig::from_bytes(bundle, bytes.to_vec());
-    let fast = b.env();
-    if let Err(e) = &fast {
-        check_error("config.json (process.env)", e);
+    let is_object = matches!(
+        serde_json::from_slice::<serde_json::Value>(bytes),
+        Ok(serde_json::Value::Object(_))
+    );
+    let b = match crate::state::BundleConfig::from_bytes(bundle, bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            check_error("config.json", &e);
+            assert!(!is_object, "a JSON object was refused: {e}");
+            return;
+        }
+    };
+    if is_object && !names_a_request(bytes) {
+        let plan =
+            plan_of(bytes).unwrap_or_else(|e| panic!("a spec that asks for nothing failed: {e}"));
+        assert!(
+            plan.devices.is_empty() && plan.mounts.is_empty() && plan.cgroup_rules.is_empty(),
+            "a spec that asks for nothing got a plan: {plan:?}"
+        );
     }
     match b.container(None) {
-        // (serde also reads a struct from a JSON array, field by field: oci-spec's Spec takes
-        // `[" ", [" ,"]]`, the fast path refuses it; no runtime writes an array, and refusing
-        // one is right, so the two must agree on objects only; found by cargo-fuzz)
-        Ok(c) if bytes.trim_ascii_start().starts_with(b"{") => {
-            let (env, _) = fast.expect("the full spec parsed but process.env did not");
-            assert_eq!(env, c.env, "process.env differs between the two parsers");
+        Ok(c) => {
             assert!(
                 c.rootfs.is_absolute(),
                 "rootfs {:?} is not absolute",
@@ -76,9 +89,59 @@ pub fn bundle_config(bytes: &[u8]) {
                 ..RequestInput::default()
             });
         }
-        Ok(_) => {}
         Err(e) => check_error("config.json", &e),
     }
+}
+
+/// Does any string of the document (keys, values, with JSON escapes decoded) name something a
+/// request is made of? Strings only: a spec that asks for nothing has none.
+fn names_a_request(bytes: &[u8]) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        let named = |s: &str| {
+            [
+                "NVIDIA_",
+                "NVHOOK_DEVICES_",
+                "CUDA_VERSION",
+                "nvidia-container-devices",
+            ]
+            .iter()
+            .any(|w| s.contains(w))
+        };
+        match v {
+            serde_json::Value::String(s) => named(s),
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| named(k) || walk(v)),
+            _ => false,
+        }
+    }
+    // (duplicate keys: serde_json's Value keeps the last; scanning the raw text covers the rest)
+    let raw = String::from_utf8_lossy(bytes);
+    serde_json::from_slice(bytes).map_or(true, |v| walk(&v))
+        || [
+            "NVIDIA_",
+            "NVHOOK_DEVICES_",
+            "CUDA_VERSION",
+            "nvidia-container-devices",
+            "\\u",
+        ]
+        .iter()
+        .any(|w| raw.contains(w))
+}
+
+/// `nvhook plan --bundle` of a bundle whose config.json holds `bytes` (a config file that
+/// does not exist: a spec that asks for nothing must not need one).
+fn plan_of(bytes: &[u8]) -> Result<crate::plan::Plan, crate::error::Error> {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("nvhook-fuzz-bundle-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        d
+    });
+    std::fs::write(dir.join("config.json"), bytes).expect("cannot write the fuzz bundle");
+    crate::hook::plan::<&[u8]>(
+        crate::hook::PlanSource::Bundle(dir.clone()),
+        Some(&dir.join("no-such-config.toml")),
+    )
 }
 
 /// A container's request sources, as the harnesses generate them.

@@ -28,11 +28,11 @@ pub enum Outcome {
 /// nvhook does nothing. Every class variable starts with `NVHOOK_DEVICES_`, so classes cost
 /// this check a prefix comparison per variable.
 fn might_request(bundle: &BundleConfig) -> Result<bool> {
-    let (env, device_mounts) = bundle.env()?;
+    let (env, device_mounts) = bundle.env();
     // An unparsable request is reported by the full path below, which knows the config.
     Ok(device_mounts
-        || class::asks_for_a_class(&env)
-        || !matches!(Request::from_env(&env, &Capabilities::all()), Ok(None)))
+        || class::asks_for_a_class(env)
+        || !matches!(Request::from_env(env, &Capabilities::all()), Ok(None)))
 }
 
 /// The container's request under the host's config.

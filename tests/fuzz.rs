@@ -469,12 +469,7 @@ fn bundle_json() -> impl Strategy<Value = Value> {
         )
             .prop_map(|(p, ro)| object(vec![("path", Some(p.into())), ("readonly", ro)])),
     );
-    let caps = vec(
-        select(&["CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_BOGUS", "sys_admin", ""][..]),
-        0..3,
-    )
-    .prop_map(|c| json!({ "bounding": c }));
-    let process = field((env_list(), field(caps)).prop_map(|(env, caps)| {
+    let process = field((env_list(), field(capabilities())).prop_map(|(env, caps)| {
         object(vec![
             ("cwd", Some("/".into())),
             ("args", Some(json!(["sh"]))),
@@ -500,20 +495,143 @@ fn bundle_json() -> impl Strategy<Value = Value> {
                        "cgroupsPath": cg})
             }),
     );
-    (root, process, mounts, linux).prop_map(|(root, process, mounts, linux)| {
-        object(vec![
-            ("ociVersion", Some("1.0.2".into())),
-            ("root", root),
-            ("process", process),
-            ("mounts", mounts),
-            ("linux", linux),
-        ])
-    })
+    (root, process, mounts, linux, extra_fields()).prop_map(
+        |(root, process, mounts, linux, extra)| {
+            let mut o = object(vec![
+                ("ociVersion", Some("1.0.2".into())),
+                ("root", root),
+                ("process", process),
+                ("mounts", mounts),
+                ("linux", linux),
+            ]);
+            add_fields(&mut o, extra);
+            o
+        },
+    )
+}
+
+/// `process.capabilities` as runtimes write it (sets of names, names no table knows among
+/// them), as OCI 1.0.0-rc1..rc4 wrote it (one flat list), or of any other type.
+fn capabilities() -> impl Strategy<Value = Value> {
+    let names = vec(
+        select(
+            &[
+                "CAP_SYS_ADMIN",
+                "CAP_CHOWN",
+                "CAP_BOGUS",
+                "CAP_NVHOOK_FROM_2031",
+                "sys_admin",
+                "",
+            ][..],
+        ),
+        0..4,
+    );
+    prop_oneof![
+        3 => (names.clone(), names.clone()).prop_map(|(b, e)| json!({ "bounding": b, "effective": e })),
+        1 => names.prop_map(|c| json!(c)),
+        1 => any_json(),
+    ]
+}
+
+/// Fields nvhook does not read, or reads, of any type: huge numbers, future names.
+fn extra_fields() -> impl Strategy<Value = Vec<(&'static str, Value)>> {
+    let big = prop_oneof![
+        Just(json!(u64::MAX)),
+        Just(json!(i64::MIN)),
+        Just(json!(1.7e308)),
+        Just(json!(-1)),
+        any_json(),
+    ];
+    vec(
+        (
+            select(
+                &[
+                    "hooks",
+                    "annotations",
+                    "hostname",
+                    "vm",
+                    "futureField",
+                    "Process",
+                    "ROOT",
+                    "ociVersion",
+                ][..],
+            ),
+            big,
+        ),
+        0..3,
+    )
+}
+
+fn add_fields(o: &mut Value, extra: Vec<(&'static str, Value)>) {
+    if let Some(m) = o.as_object_mut() {
+        for (k, v) in extra {
+            m.entry(k).or_insert(v);
+        }
+    }
+}
+
+/// A spec that asks for no device: its environment names no variable nvhook reads.
+fn quiet_bundle_json() -> impl Strategy<Value = Value> {
+    let env = vec(
+        select(
+            &[
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TERM=xterm",
+                "HOME=/root",
+                "A",
+                "=x",
+                "nvidia_visible_devices=all",
+                "LD_PRELOAD=/x.so",
+                "X=\u{0}",
+            ][..],
+        ),
+        0..6,
+    );
+    let user = prop_oneof![
+        Just(json!({"uid": 0, "gid": 0})),
+        Just(json!({"uid": u64::MAX, "gid": -1, "additionalGids": [1e300]})),
+        any_json(),
+    ];
+    (env, field(capabilities()), user, any_json(), extra_fields()).prop_map(
+        |(env, caps, user, linux, extra)| {
+            let mut o = object(vec![
+                ("ociVersion", Some("1.0.2-dev".into())),
+                ("root", Some(json!({"path": "rootfs", "readonly": true}))),
+                (
+                    "process",
+                    Some(object(vec![
+                        ("env", Some(json!(env))),
+                        ("capabilities", caps),
+                        ("user", Some(user)),
+                        ("args", Some(json!(["sh"]))),
+                    ])),
+                ),
+                ("linux", Some(linux)),
+            ]);
+            add_fields(&mut o, extra);
+            o
+        },
+    )
 }
 
 #[test]
 fn fuzz_bundle_config() {
     run("bundle_config", 300, json_bytes(bundle_json()), |b| {
+        fuzz::bundle_config(&b)
+    });
+}
+
+/// Issue 15's oracle: a spec that asks for no device is never refused and plans nothing,
+/// whatever else it holds (checked in `fuzz::bundle_config`); byte mutations of such specs too.
+#[test]
+fn fuzz_spec_without_request() {
+    let mutated = (quiet_bundle_json(), vec(mutation(), 1..4))
+        .prop_map(|(v, ms)| mutate(serde_json::to_vec(&v).unwrap_or_default(), &ms));
+    let specs = prop_oneof![
+        3 => quiet_bundle_json().prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+        1 => mutated,
+    ];
+    run("spec_without_request", 300, specs, |b| {
         fuzz::bundle_config(&b)
     });
 }

@@ -1290,3 +1290,52 @@ fn a_fifo_of_the_image_is_never_opened() {
         "nvhook opened the image's FIFO (the writer waiting on it was released)"
     );
 }
+
+/// Issue 16, item 4 (config.json): memory is bounded by what nvhook keeps, not by the file.
+/// `nvhook plan` runs in an address space of 64 MiB (prlimit, util-linux): a 13 MB config.json of
+/// a million variables nvhook does not read plans the GPU it asks for (nvhook 0.1 kept every
+/// variable, twice: it died), and a 64 MiB one is refused by its size before it is read.
+#[test]
+fn huge_config_json_stays_within_a_small_address_space() {
+    require_tool("prlimit", "util-linux");
+    let fx = fixtures();
+    let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], "true"));
+    let path = b.dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let plan = |what: &str| {
+        let o = Command::new("prlimit")
+            .arg(format!("--as={}", 64 << 20))
+            .arg("--")
+            .arg(nvhook())
+            .arg("--config")
+            .arg(&fx.config)
+            .args(["plan", "--bundle"])
+            .arg(&b.dir)
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        eprintln!(
+            "{what}: exit {:?}, stderr {}",
+            o.status.code(),
+            tail(&err, 400)
+        );
+        (o.status.success(), out, err)
+    };
+    let env = spec["process"]["env"].as_array_mut().unwrap();
+    env.extend((0..1_000_000).map(|i| serde_json::json!(format!("V{i}=x"))));
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let (ok, out, err) = plan("a million variables");
+    assert!(ok && out.contains("/dev/nvidia1"), "{err}");
+
+    spec["padding"] = serde_json::json!("x".repeat(64 << 20));
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let (ok, _, err) = plan("64 MiB");
+    assert!(
+        !ok && err.contains("config.json") && err.contains("larger than 16 MiB"),
+        "{err}"
+    );
+}

@@ -153,6 +153,23 @@ fn requests_follow_the_classes_and_refuse_unknown_variables() {
     )
     .unwrap();
     assert!(r.is_empty());
+    let r = requests(
+        &env(&["NVHOOK_DEVICES_CAM=void", "NVHOOK_DEVICES_CAM=1"]),
+        &classes,
+        false,
+        dir,
+    )
+    .unwrap();
+    assert_eq!(r.len(), 1, "the later entry asks");
+    // the same rule as NVIDIA_*: an entry without `=` removes the name (crun's reading)
+    let r = requests(
+        &env(&["NVHOOK_DEVICES_CAM=1", "NVHOOK_DEVICES_CAM"]),
+        &classes,
+        false,
+        dir,
+    )
+    .unwrap();
+    assert!(r.is_empty());
     let e = requests(&env(&["NVHOOK_DEVICES_FPGA=0"]), &classes, true, dir)
         .unwrap_err()
         .to_string();

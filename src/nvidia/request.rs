@@ -187,12 +187,28 @@ pub fn volume_mount_requests(mounts: &[(String, String)]) -> (Vec<String>, Vec<S
     (devices, imex)
 }
 
-/// The environment as the toolkit sees it: `KEY=VALUE` split at the first `=`; a later entry
-/// of the same key wins (it builds a map in order). Entries without `=` carry no value and are
-/// skipped (the toolkit rejects the whole container for one; nvhook only ignores it, so that a
-/// non-GPU container is never refused by a GPU hook).
+/// The environment as the container's process gets it, which is the one rule nvhook applies to
+/// every variable it reads (`NVIDIA_*`, `CUDA_VERSION`, `NVHOOK_DEVICES_*`): `process.env` entries
+/// apply in order and a later entry of a name replaces the earlier one. runc (1.0 to 1.2) and
+/// crun pass execve one entry per name, the last (measured with runc 1.1.5 and crun 1.8.1, and
+/// in runc's `prepareEnv`), so the process's `getenv` finds that last value; NVIDIA's hook reads
+/// the last too (a map built in order). crun, which runs the process where runc refuses the
+/// spec, also reads an entry as a C string (up to a NUL) and an entry without `=` as "remove this
+/// name" (its putenv): nvhook does the same, so it never acts on a value the process cannot see.
 pub fn env_map(env: &[String]) -> HashMap<&str, &str> {
-    env.iter().filter_map(|e| e.split_once('=')).collect()
+    let mut map = HashMap::new();
+    for e in env {
+        let e = e.split('\0').next().unwrap_or_default();
+        match e.split_once('=') {
+            Some((k, v)) => {
+                map.insert(k, v);
+            }
+            None => {
+                map.remove(e);
+            }
+        }
+    }
+    map
 }
 
 /// The longest piece of a value an error message quotes.
@@ -501,7 +517,27 @@ mod tests {
             (
                 &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_VISIBLE_DEVICES=1"],
                 Some(list(&["1"])),
-                "last entry wins (env map)",
+                "last entry wins, as the process sees it",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_VISIBLE_DEVICES=void"],
+                None,
+                "a later void wins",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_VISIBLE_DEVICES"],
+                None,
+                "an entry without = removes the name (crun; runc refuses the spec)",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_VISIBLE_DEVICES\0=0"],
+                None,
+                "an entry ends at NUL (crun): the name alone, removed",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0\0,1"],
+                Some(list(&["0"])),
+                "a value ends at NUL (crun)",
             ),
             (
                 &["CUDA_VERSION=12.4.0"],

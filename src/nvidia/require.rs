@@ -45,22 +45,22 @@ fn parse_bool(v: &str) -> bool {
     matches!(v, "1" | "t" | "T" | "TRUE" | "true" | "True")
 }
 
-/// `CUDA_VERSION` -> `major.minor` (semver-like: `12.4.1`, `12.4`, `12`).
+/// `CUDA_VERSION` -> `major.minor` (semver-like: `12.4.1`, `12.4`, `12`). Components are digit
+/// strings of any length, compared by [`cmp_versions`] like every `NVIDIA_REQUIRE_*` version
+/// (the toolkit parses 10-digit components too and then fails the requirement).
 fn cuda_major_minor(v: &str) -> Option<String> {
     let v = v.trim().trim_start_matches('v');
     let core = v.split(['-', '+']).next()?;
     let mut parts = core.split('.');
-    let num = |p: Option<&str>| -> Option<Option<u64>> {
+    fn num(p: Option<&str>) -> Option<Option<&str>> {
         match p {
             None => Some(None),
-            Some(s) if !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()) => {
-                s.parse().ok().map(Some)
-            }
+            Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => Some(Some(s)),
             Some(_) => None,
         }
-    };
+    }
     let major = num(parts.next())??;
-    let minor = num(parts.next())?.unwrap_or(0);
+    let minor = num(parts.next())?.unwrap_or("0");
     num(parts.next())?;
     if parts.next().is_some() {
         return None;

@@ -198,6 +198,26 @@ fn collecting_requirements() {
     assert_eq!(r[0].expr, "cuda>=12.4");
     let r = collect(&env(&[("CUDA_VERSION", "11")]), true, false).unwrap();
     assert_eq!(r[0].expr, "cuda>=11.0");
+    // issue 15: components of any number of digits, compared as the require code compares
+    for (v, want) in [
+        ("1234567890.1", "cuda>=1234567890.1"),
+        ("99999999999999999999.0.1", "cuda>=99999999999999999999.0"),
+        ("12.0000000001", "cuda>=12.0000000001"),
+    ] {
+        let r = collect(&env(&[("CUDA_VERSION", v)]), true, false).unwrap();
+        assert_eq!(r[0].expr, want, "{v}");
+    }
+    let huge = collect(&env(&[("CUDA_VERSION", "1234567890.1")]), true, false).unwrap();
+    let e = check(&huge, &[0], &mut h100()).unwrap_err().to_string();
+    assert!(
+        e.contains("cuda>=1234567890.1"),
+        "refused by the requirement: {e}"
+    );
+    let small = collect(&env(&[("CUDA_VERSION", "12.0000000001")]), true, false).unwrap();
+    assert!(
+        check(&small, &[0], &mut h100()).is_ok(),
+        "12.1 <= the host's CUDA"
+    );
     assert!(
         collect(&env(&[("CUDA_VERSION", "eleven")]), true, false)
             .unwrap_err()

@@ -617,6 +617,40 @@ impl Podman {
         self.run_checked_hooks(true, image, env, extra, script)
     }
 
+    /// The config.json podman generates for `podman create [extra] image cmd` (no hooks):
+    /// created, initialised (which writes the spec), read, removed.
+    pub fn oci_spec(&self, image: &str, extra: &[&str]) -> Value {
+        let no_hooks = self.root.join("no-hooks.d");
+        let _ = std::fs::create_dir_all(&no_hooks);
+        let podman = |args: &[&str]| {
+            let o = self.cmd().args(args).stdin(Stdio::null()).output().unwrap();
+            assert!(
+                o.status.success(),
+                "podman {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        };
+        let mut create = vec!["create", "--hooks-dir", no_hooks.to_str().unwrap()];
+        create.extend([
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+        create.extend(extra);
+        create.extend([image, "/bin/sh", "-c", "true"]);
+        let id = podman(&create);
+        podman(&["init", &id]);
+        let path = podman(&["inspect", "--format", "{{.OCIConfigPath}}", &id]);
+        let spec = std::fs::read(&path);
+        podman(&["rm", "-f", &id]);
+        serde_json::from_slice(&spec.unwrap_or_else(|e| panic!("{path}: {e}")))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
     /// [`Podman::run_hooks`], checking that the host's mount table is the same after.
     pub fn run_checked_hooks(
         &self,
