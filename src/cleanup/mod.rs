@@ -215,9 +215,6 @@ impl Tracker {
             log::warn!("/proc/{pid}/stat: cannot read the container process's start time");
             return None;
         };
-        if let Err(e) = store.prune() {
-            log::warn!("{}: cannot prune old records: {e}", store.path().display());
-        }
         Some(Tracker {
             store,
             id: id.to_owned(),
@@ -228,8 +225,11 @@ impl Tracker {
 
     /// Before anything is changed: say that this container uses `rootfs` (so another
     /// container's poststop hands its entries over instead of removing what this one is
-    /// about to mount on). A record of the same id for the same rootfs (an earlier run whose
-    /// poststop never came) keeps its entries.
+    /// about to mount on). The records of gone containers on the same rootfs (an earlier run
+    /// of the same id, or any whose poststop has not come, or never will) are taken over: this
+    /// container's poststop undoes their entries too. Those of gone containers whose rootfs is
+    /// gone as well are dropped (a runtime without the poststop hook over a discarded layer), so
+    /// records do not pile up.
     pub fn begin(&self, rootfs: &Rootfs) {
         if let Err(e) = self.try_begin(rootfs) {
             log::warn!(
@@ -243,19 +243,36 @@ impl Tracker {
     fn try_begin(&self, rootfs: &Rootfs) -> std::io::Result<()> {
         let root = rootfs.identity().map_err(std::io::Error::other)?;
         let _lock = self.store.lock()?;
-        let entries = match self.store.read(&self.id)? {
-            Some(old) if old.root == root && old.rootfs == rootfs.path() => old.entries,
-            Some(old) => {
+        let mut entries = Vec::new();
+        for other in self.store.ids()? {
+            let old = match self.store.read(&other) {
+                Ok(Some(r)) => r,
+                _ => continue,
+            };
+            if other != self.id && alive(&old) {
+                continue;
+            }
+            if old.root == root && old.rootfs == rootfs.path() {
+                let unused = absorb(&mut entries, old.entries);
+                self.store.remove_blob_names(&unused);
+                if other != self.id {
+                    log::debug!("taking over the record of gone container {other}");
+                    self.store.remove_file(&other);
+                }
+            } else if other == self.id {
                 log::warn!(
-                    "replacing the record of an earlier container {} on {}: what it created there stays",
-                    self.id,
+                    "replacing the record of an earlier container {other} on {}: what it created there stays",
                     old.rootfs.display()
                 );
-                self.store.remove_blobs(&old.entries);
-                Vec::new()
+                self.store.remove_record(&other, &old);
+            } else if undo::open_root(&old.rootfs).map_or(true, |(_, found)| found != old.root) {
+                log::debug!(
+                    "dropping the record of gone container {other}: its rootfs {} is gone",
+                    old.rootfs.display()
+                );
+                self.store.remove_record(&other, &old);
             }
-            None => Vec::new(),
-        };
+        }
         self.store.write(
             &self.id,
             &Record {

@@ -283,31 +283,6 @@ impl Store {
             .filter(|n| valid_id(n))
             .collect())
     }
-
-    /// Drop the records nobody will undo: their container is gone and so is their rootfs (a
-    /// runtime that ran no poststop, over a copy-on-write layer since discarded). Each costs one
-    /// look at /proc; only records of gone containers are read.
-    pub fn prune(&self) -> std::io::Result<()> {
-        let _lock = self.lock()?;
-        for id in self.ids()? {
-            let Ok(Some(rec)) = self.read(&id) else {
-                continue;
-            };
-            if super::alive(&rec) {
-                continue;
-            }
-            let same =
-                super::undo::open_root(&rec.rootfs).is_ok_and(|(_, found)| found == rec.root);
-            if !same {
-                log::debug!(
-                    "dropping the record of gone container {id}: its rootfs {} is gone",
-                    rec.rootfs.display()
-                );
-                self.remove_record(&id, &rec);
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -174,7 +174,7 @@ fn a_running_container_on_the_same_rootfs_keeps_the_entries() {
     let t = tmp("shared");
     let root = t.0.join("root");
     let before = tree(&root);
-    prestart(&t, "first", false, b"cache one");
+    prestart(&t, "first", true, b"cache one");
     // a second container starts on the same rootfs while the first runs: it finds the entries
     prestart(&t, "second", true, b"cache two");
     let during = tree(&root);
@@ -309,4 +309,20 @@ fn absorb_chains_changes_of_one_path() {
     d.path = "/usr/bin/nvidia-smi".into();
     absorb(&mut into, vec![d.clone()]);
     assert_eq!(into, vec![a, d]);
+}
+
+#[test]
+fn the_record_of_a_gone_container_on_the_same_rootfs_is_taken_over() {
+    let t = tmp("adopt");
+    let root = t.0.join("root");
+    let before = tree(&root);
+    // a container whose poststop never came (runc without the hook), then another one
+    prestart(&t, "first", false, b"cache one");
+    prestart(&t, "second", true, b"cache two");
+    assert!(!store_files(&t).contains(&"first".to_owned()), "{:?}", store_files(&t));
+    let s = store(&t);
+    assert_eq!(poststop(&s, "first", Path::new(NO_BUNDLE)).unwrap(), Undone::NoRecord);
+    poststop(&s, "second", Path::new(NO_BUNDLE)).unwrap();
+    assert_eq!(before, tree(&root));
+    assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
 }
