@@ -7,9 +7,10 @@
 //! a runc bundle whose rootfs directory is reused, or `podman run --rootfs DIR`, keeps them, and
 //! a later container without that GPU request found an empty `/usr/bin/nvidia-smi`.
 //!
-//! The record, one per container: `/run/nvhook/<container-id>` (a 0700 directory of root's; for
-//! rootless podman `/run/user/<uid>/nvhook`), JSON, replaced atomically; the original content of
-//! each replaced file beside it as `<id>@<n>`. It names each entry by its path with every symlink
+//! The record, one per container: `/run/nvhook/containers/<container-id>` (a 0700 directory of
+//! root's, of its own beside whatever else nvhook keeps in /run/nvhook; for rootless podman
+//! `/run/user/<uid>/nvhook/containers`), JSON, replaced atomically; the original content of each
+//! replaced file beside it as `<id>@<n>`. It names each entry by its path with every symlink
 //! already resolved (so poststop never follows one), its type and its inode (`st_dev`, `st_ino`).
 //! Poststop undoes an entry only if the path, resolved with no symlink allowed, still holds that
 //! very inode; anything else is left where it is, with a warning.
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::rootfs::{Before, Change, Identity, Kind, Rootfs};
-pub use store::{Store, valid_id};
+pub use store::{RECORD_DIR, Store, valid_id};
 
 /// Bumped when the record's format changes; a record of another version is left alone.
 const RECORD_VERSION: u32 = 1;

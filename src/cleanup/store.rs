@@ -49,11 +49,15 @@ pub struct Store {
 /// user's runtime directory `/run/user/<uid>/nvhook`, which that root owns.
 fn dir_path(rootless_uid: Option<Option<u32>>) -> Option<PathBuf> {
     match rootless_uid {
-        None => Some(PathBuf::from("/run/nvhook")),
-        Some(Some(uid)) => Some(PathBuf::from(format!("/run/user/{uid}/nvhook"))),
+        None => Some(PathBuf::from(RECORD_DIR)),
+        Some(Some(uid)) => Some(PathBuf::from(format!("/run/user/{uid}/nvhook/containers"))),
         Some(None) => None,
     }
 }
+
+/// Root's record directory: a directory of its own under nvhook's /run directory (which other
+/// state, such as a cache, may share).
+pub const RECORD_DIR: &str = "/run/nvhook/containers";
 
 impl Store {
     /// Open (with `create`, make) the record directory. It must be a directory of this user's,
@@ -69,15 +73,19 @@ impl Store {
     /// [`Store::open`] of the directory `path` (the tests use their own).
     pub fn open_at(path: PathBuf, create: bool) -> std::io::Result<Option<Store>> {
         if create {
-            let parent = path.parent().unwrap_or(Path::new("/"));
-            match nix::unistd::mkdir(&path, Mode::from_bits_truncate(0o700)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(Errno::ENOENT) if !parent.exists() => return Ok(None),
-                Err(e) => {
-                    return Err(std::io::Error::other(format!(
-                        "cannot create {}: {e}",
-                        path.display()
-                    )));
+            // nvhook's /run directory first (0700 too, when this makes it)
+            let parents: Vec<&Path> = path.ancestors().skip(1).take(1).collect();
+            for p in parents.iter().rev().copied().chain([path.as_path()]) {
+                match nix::unistd::mkdir(p, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    // no /run/user/<uid> (no login session of that user): no records
+                    Err(Errno::ENOENT) => return Ok(None),
+                    Err(e) => {
+                        return Err(std::io::Error::other(format!(
+                            "cannot create {}: {e}",
+                            p.display()
+                        )));
+                    }
                 }
             }
         }

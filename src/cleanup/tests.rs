@@ -319,9 +319,16 @@ fn the_record_of_a_gone_container_on_the_same_rootfs_is_taken_over() {
     // a container whose poststop never came (runc without the hook), then another one
     prestart(&t, "first", false, b"cache one");
     prestart(&t, "second", true, b"cache two");
-    assert!(!store_files(&t).contains(&"first".to_owned()), "{:?}", store_files(&t));
+    assert!(
+        !store_files(&t).contains(&"first".to_owned()),
+        "{:?}",
+        store_files(&t)
+    );
     let s = store(&t);
-    assert_eq!(poststop(&s, "first", Path::new(NO_BUNDLE)).unwrap(), Undone::NoRecord);
+    assert_eq!(
+        poststop(&s, "first", Path::new(NO_BUNDLE)).unwrap(),
+        Undone::NoRecord
+    );
     poststop(&s, "second", Path::new(NO_BUNDLE)).unwrap();
     assert_eq!(before, tree(&root));
     assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));

@@ -269,7 +269,7 @@ pub fn rootfs_digest(dir: &Path) -> Vec<String> {
 }
 
 /// The record directory of nvhook's poststop (root's).
-pub const RECORD_DIR: &str = "/run/nvhook";
+pub const RECORD_DIR: &str = "/run/nvhook/containers";
 
 /// nvhook's records (and kept originals) of container `id` left in /run/nvhook.
 pub fn records_of(id: &str) -> Vec<String> {
