@@ -192,13 +192,15 @@ fn poststop_of(
         Some(store) if store.has(st.id()) => store,
         _ => return Ok(Undone::NoRecord),
     };
+    t.mark("record_look");
     // only a container with a record costs more than the look for it: then the config is read,
     // for its log file
     if let Ok(config) = Config::load(config_path) {
         crate::logging::to_file(config.log_file.as_deref());
     }
+    t.mark("config");
     let undone = crate::cleanup::poststop(&store, st.id(), st.bundle()).map_err(cerr)?;
-    t.mark("poststop");
+    t.mark("undo");
     log::debug!(
         "container {}: poststop: {undone:?}; {}",
         st.id(),

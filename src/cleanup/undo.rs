@@ -42,8 +42,10 @@ fn kind_of(mode: u32) -> Kind {
     }
 }
 
-/// The directory of `path` (no symlink followed) and the final name.
-fn parent<'p>(root: &OwnedFd, path: &'p str) -> Result<(OwnedFd, &'p str), String> {
+/// The directory of `path` (no symlink followed) and the final name; `Ok(None)` when the
+/// directory is not there (it was on a mount of the container's own, such as the runtime's
+/// `/dev` tmpfs, gone with it: so is the entry).
+fn parent<'p>(root: &OwnedFd, path: &'p str) -> Result<Option<(OwnedFd, &'p str)>, String> {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let Some((name, dirs)) = comps.split_last() else {
         return Err("not a path".into());
@@ -66,7 +68,8 @@ fn parent<'p>(root: &OwnedFd, path: &'p str) -> Result<(OwnedFd, &'p str), Strin
     for _ in 0..32 {
         match openat2(root.as_fd(), rel.as_str(), how) {
             Err(Errno::EAGAIN) => continue,
-            Ok(fd) => return Ok((fd, name)),
+            Ok(fd) => return Ok(Some((fd, name))),
+            Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP) => return Err("a symlink is in its path now".into()),
             Err(e) => return Err(format!("its directory cannot be opened: {e}")),
         }
@@ -94,7 +97,10 @@ pub fn undo(root: &OwnedFd, entries: &[Entry], store: &Store) -> (usize, usize) 
 
 /// Ok(true): put back; Ok(false): already gone (nothing to do).
 fn undo_one(root: &OwnedFd, e: &Entry, store: &Store) -> Result<bool, String> {
-    let (dir, name) = parent(root, &e.path)?;
+    let Some((dir, name)) = parent(root, &e.path)? else {
+        log::debug!("{}: its directory is gone; so is the entry", e.path);
+        return Ok(false);
+    };
     let st = match fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::ENOENT) if e.before == Saved::Absent => return Ok(false),
