@@ -357,17 +357,24 @@ pub fn poststop(store: &Store, id: &str, bundle: &Path) -> std::io::Result<Undon
     let Some(rec) = store.read(id)? else {
         return Ok(Undone::NoRecord);
     };
-    let path = rootfs_of_bundle(bundle).unwrap_or_else(|| rec.rootfs.clone());
-    let root = match undo::open_root(&path) {
-        Ok((fd, found)) if found == rec.root => fd,
-        _ => {
-            log::debug!(
-                "container {id}: its rootfs {} is gone or another directory now; nothing to put back",
-                path.display()
-            );
-            store.remove_record(id, &rec);
-            return Ok(Undone::RootfsGone);
-        }
+    // the bundle's root.path as the host sees it now, else the path prestart was given; either
+    // must still be the very directory prestart changed
+    let candidates = rootfs_of_bundle(bundle)
+        .into_iter()
+        .chain([rec.rootfs.clone()]);
+    let found = candidates
+        .filter_map(|p| match undo::open_root(&p) {
+            Ok((fd, found)) if found == rec.root => Some((fd, p)),
+            _ => None,
+        })
+        .next();
+    let Some((root, path)) = found else {
+        log::debug!(
+            "container {id}: its rootfs {} is gone or another directory now; nothing to put back",
+            rec.rootfs.display()
+        );
+        store.remove_record(id, &rec);
+        return Ok(Undone::RootfsGone);
     };
     // the other records on this rootfs
     let mut alive_ones = Vec::new();
