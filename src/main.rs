@@ -14,11 +14,12 @@ nvhook: give OCI containers the host's NVIDIA GPUs (and other device classes)
 
 usage:
   nvhook [--config FILE] prestart        run as an OCI hook (prestart or createRuntime stage);
-                                         reads the container state on stdin (a state whose
+                                         reads the container state on stdin (a state with
                                          status `stopped` is a poststop call)
   nvhook [--config FILE] poststop        run as an OCI poststop hook: put back what prestart
                                          created or replaced in the rootfs (recorded in
-                                         /run/nvhook); reads the container state on stdin
+                                         /run/nvhook/containers); reads the container state
+                                         on stdin
   nvhook [--config FILE] plan [--bundle DIR]
                                          print what prestart would do, as JSON, changing nothing;
                                          reads the state on stdin unless --bundle is given
