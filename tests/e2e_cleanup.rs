@@ -276,3 +276,44 @@ fn a_compute_only_container_after_a_utility_one_finds_no_nvidia_smi() {
         assert!(records_of(&id).is_empty(), "{id}: {:?}", records_of(&id));
     }
 }
+
+/// A poststop that fails (here: its record is not JSON) is logged and does not fail the delete:
+/// runc only logs a poststop hook's error.
+#[test]
+fn a_failing_poststop_does_not_fail_runc_delete() {
+    let _g = serial();
+    let mut s = Spec::new(&["NVIDIA_VISIBLE_DEVICES=all"], "true");
+    s.poststop = true;
+    let b = bundle(&s);
+    prepare_host();
+    let created = Command::new("runc")
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(&b.id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let record = Path::new(RECORD_DIR).join(&b.id);
+    assert!(record.is_file(), "prestart wrote no record");
+    std::fs::write(&record, b"not a record").unwrap();
+    let deleted = Command::new("runc")
+        .args(["delete", "--force"])
+        .arg(&b.id)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&deleted.stderr);
+    assert!(deleted.status.success(), "runc delete failed: {err}");
+    assert!(
+        err.contains("poststop of container"),
+        "nvhook's error is logged: {err}"
+    );
+    let listed = Command::new("runc").arg("list").output().unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&b.id));
+    std::fs::remove_file(&record).unwrap();
+    for blob in records_of(&b.id) {
+        let _ = std::fs::remove_file(Path::new(RECORD_DIR).join(blob));
+    }
+}
