@@ -245,12 +245,22 @@ impl Tracker {
         let root = rootfs.identity().map_err(std::io::Error::other)?;
         let _lock = self.store.lock()?;
         let mut entries = Vec::new();
+        // the blobs the records kept refer to; the others are debris of a killed hook
+        let mut referenced: Vec<String> = Vec::new();
+        let mut keep = |r: &Record| {
+            referenced.extend(
+                r.entries
+                    .iter()
+                    .filter_map(|e| e.before.blob().map(str::to_owned)),
+            )
+        };
         for other in self.store.ids()? {
             let old = match self.store.read(&other) {
                 Ok(Some(r)) => r,
                 _ => continue,
             };
             if other != self.id && alive(&old) {
+                keep(&old);
                 continue;
             }
             if old.root == root && old.rootfs == rootfs.path() {
@@ -272,8 +282,16 @@ impl Tracker {
                     old.rootfs.display()
                 );
                 self.store.remove_record(&other, &old);
+            } else {
+                keep(&old);
             }
         }
+        referenced.extend(
+            entries
+                .iter()
+                .filter_map(|e: &Entry| e.before.blob().map(str::to_owned)),
+        );
+        self.store.remove_debris(&referenced);
         self.store.write(
             &self.id,
             &Record {

@@ -277,6 +277,28 @@ impl Store {
 
     /// The container ids that have a record.
     pub fn ids(&self) -> std::io::Result<Vec<String>> {
+        Ok(self.names()?.into_iter().filter(|n| valid_id(n)).collect())
+    }
+
+    /// Remove what a hook killed while holding the lock left behind: temporary files, and blobs
+    /// no record refers to (written, but the record naming them never was). Only under the lock,
+    /// where no other writer is at work.
+    pub fn remove_debris(&self, referenced: &[String]) {
+        let Ok(names) = self.names() else { return };
+        for n in names {
+            let debris = (n.starts_with('.') && n.ends_with(".tmp"))
+                || (valid_blob(&n) && !referenced.contains(&n));
+            if debris {
+                log::debug!(
+                    "removing {}/{n}, left by a killed hook",
+                    self.path.display()
+                );
+                self.remove_file(&n);
+            }
+        }
+    }
+
+    fn names(&self) -> std::io::Result<Vec<String>> {
         let dup = openat(
             self.dir.as_fd(),
             ".",
@@ -288,7 +310,7 @@ impl Store {
         Ok(d.iter()
             .flatten()
             .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
-            .filter(|n| valid_id(n))
+            .filter(|n| n != "." && n != "..")
             .collect())
     }
 }

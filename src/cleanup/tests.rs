@@ -333,3 +333,20 @@ fn the_record_of_a_gone_container_on_the_same_rootfs_is_taken_over() {
     assert_eq!(before, tree(&root));
     assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
 }
+
+#[test]
+fn debris_of_a_killed_hook_goes_at_the_next_start_and_live_blobs_stay() {
+    let t = tmp("debris");
+    // a running container on another rootfs, with a kept original
+    let other = tmp("debris-other");
+    prestart(&other, "live", true, b"x");
+    drop(store(&t));
+    for f in ["live", "live@0"] {
+        std::fs::copy(other.0.join("store").join(f), t.0.join("store").join(f)).unwrap();
+    }
+    // what a hook killed in the middle of a record write leaves
+    std::fs::write(t.0.join("store/.killed.123.tmp"), b"").unwrap();
+    std::fs::write(t.0.join("store/killed@0"), b"orphan").unwrap();
+    prestart(&t, "next", true, b"y");
+    assert_eq!(store_files(&t), ["live", "live@0", "next", "next@0"]);
+}
