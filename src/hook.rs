@@ -61,7 +61,7 @@ fn request_for(container: &state::Container, config: &Config) -> Result<Option<R
 pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome> {
     let mut t = Timer::new();
     let st = state::read_state(input)?;
-    if *st.status() == oci_spec::runtime::ContainerState::Stopped {
+    if st.is_stopped() {
         return poststop_of(&st, config_path).map(Outcome::Undone);
     }
     let bundle = BundleConfig::read(st.bundle())?;
@@ -177,15 +177,12 @@ pub fn poststop(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     poststop_of(&st, config_path).map(Outcome::Undone)
 }
 
-fn poststop_of(
-    st: &oci_spec::runtime::State,
-    config_path: Option<&Path>,
-) -> Result<crate::cleanup::Undone> {
+fn poststop_of(st: &state::State, config_path: Option<&Path>) -> Result<crate::cleanup::Undone> {
     use crate::cleanup::{Store, Undone};
     let mut t = Timer::new();
     let privilege = Privilege::from_uid_map_file();
     let cerr = |e: std::io::Error| Error::Cleanup {
-        id: st.id().clone(),
+        id: st.id().to_owned(),
         reason: e.to_string(),
     };
     let store = match Store::open(privilege.rootless_uid(), false).map_err(cerr)? {
