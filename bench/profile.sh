@@ -10,7 +10,7 @@
 # loader's own statistics, and an `strace -f -T` of the hook for an all-GPU start.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-KIT=$(cd "$1" && pwd); PEERS=$(cd "$2" && pwd); OUTD=$3; TOOLS=${4:-}
+KIT=$(cd "$1" && pwd); PEERS=$(cd "$2" && pwd); OUTD=$3; TOOLS=${4:+$(cd "$4" && pwd)}
 mkdir -p "$OUTD"; OUTD=$(cd "$OUTD" && pwd)
 export PATH="$KIT/bin:$PATH" LD_LIBRARY_PATH="$KIT/lib"
 NVHOOK=${NVHOOK:-$KIT/bin/nvhook}
@@ -27,22 +27,23 @@ echo "strace: ${STRACE:-none}; perf: $(command -v perf || echo none); bpftrace: 
 ls -la "$NVHOOK"; ldd "$NVHOOK"
 
 echo "== interleaved benchmark with nvhook's phase breakdown"
-python3 "$HERE/bench.py" --nvhook "$NVHOOK" --rootfs-tar "$KIT/rootfs-debian.tar" --runc "$KIT/bin/runc" \
+[ -n "${SKIP_BENCH:-}" ] || python3 "$HERE/bench.py" --nvhook "$NVHOOK" --rootfs-tar "$KIT/rootfs-debian.tar" --runc "$KIT/bin/runc" \
     --peers "$PEERS" --n "${N:-40}" --warmup 3 --breakdown-n 30 --out "$OUTD/bench.md" ${BENCH_ARGS:-} 2>&1 | grep -v '^  round'
 
 echo "== exec cost: fork+exec+wait, median of 2000 (microseconds)"
-python3 - "$NVHOOK" <<'PY'
+python3 - "$NVHOOK" ${NVHOOK_BASE:-} <<'PY'
 import os, sys, time, statistics
 def med(argv, n=2000):
     t = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"})
+        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"},
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)])
         os.waitpid(pid, 0)
         t.append((time.perf_counter_ns() - t0) / 1000)
     return statistics.median(t)
-nv = sys.argv[1]
-for argv in (["/bin/true"], [nv, "version"], ["/bin/true"], [nv, "version"]):
+runs = [["/bin/true"]] + [[nv, "version"] for nv in sys.argv[1:]]
+for argv in runs + runs:
     print("%-40s %8.1f" % (" ".join(argv), med(argv)))
 PY
 echo "== dynamic loader statistics (nvhook version)"
