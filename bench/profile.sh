@@ -49,10 +49,36 @@ PY
 echo "== dynamic loader statistics (nvhook version)"
 LD_DEBUG=statistics "$NVHOOK" version 2>&1 | sed 's/^ *[0-9]*: *//' | head -20
 
+echo "== reading the driver's /proc files: median of 300 open+read+close (microseconds)"
+python3 - <<'PY'
+import glob, os, statistics, time
+files = ["/proc/driver/nvidia/version", "/proc/driver/nvidia/registry", "/proc/driver/nvidia/params"]
+files += glob.glob("/proc/driver/nvidia/gpus/*/information")
+for f in files:
+    t = []
+    for _ in range(300):
+        t0 = time.perf_counter_ns()
+        with open(f, "rb") as h:
+            h.read()
+        t.append((time.perf_counter_ns() - t0) / 1000)
+    print("%-60s %8.1f" % (f, statistics.median(t)))
+PY
+
+echo "== nvhook's phases with the inventory cache off and on (20 debug-logged starts each)"
+printf 'cache-dir = ""\n' > "$OUTD/nocache.toml"
+for cfg in "$OUTD/nocache.toml" ""; do
+    python3 "$HERE/bench.py" --nvhook "$NVHOOK" --rootfs-tar "$KIT/rootfs-debian.tar" --runc "$KIT/bin/runc" \
+        --setups c --n 1 --warmup 0 --breakdown-n 20 --work /tmp/nvhook-prof-cache ${cfg:+--config "$cfg"} 2>&1 \
+        | sed -n "/own time per start/,\$p" | grep '^|'
+done
+
 if [ -n "$STRACE" ]; then
     echo "== strace -f -T of the hook, all GPUs compute,utility (5 starts, traces in $OUTD)"
     W=$OUTD/strace-wrap.sh
-    printf '#!/bin/sh\nexec %s -f -T -ttt -o %s/strace-hook.$$ %s "$@"\n' "$STRACE" "$OUTD" "$NVHOOK" > "$W"
+    # the hook's environment comes from its registration: strace's own libraries are named here,
+    # and removed again for the traced hook (-E)
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s -E LD_LIBRARY_PATH -f -T -ttt -o %s/strace-hook.$$ %s "$@"\n' \
+        "$LD_LIBRARY_PATH" "$STRACE" "$OUTD" "$NVHOOK" > "$W"
     chmod 755 "$W"
     python3 "$HERE/bench.py" --nvhook "$W" --rootfs-tar "$KIT/rootfs-debian.tar" --runc "$KIT/bin/runc" \
         --setups c --n 5 --warmup 0 --breakdown-n 0 --work /tmp/nvhook-prof-strace 2>&1 | tail -3
