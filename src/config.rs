@@ -12,6 +12,8 @@ use crate::error::Error;
 pub const DEFAULT_PATH: &str = "/etc/nvhook/config.toml";
 /// Device-class files (docs/device-classes.md).
 pub const DEFAULT_CLASSES_DIR: &str = "/etc/nvhook/classes.d";
+/// The host inventory cache (a tmpfs on systemd hosts: emptied at boot).
+pub const DEFAULT_CACHE_DIR: &str = "/run/nvhook";
 /// Environment variable that names the config file (the hook's environment comes from the
 /// runtime's hook registration, never from the container).
 pub const CONFIG_ENV: &str = "NVHOOK_CONFIG";
@@ -50,6 +52,10 @@ pub struct Config {
     /// Where device-class files (`<name>.toml`) are read from; read only for containers that
     /// set an `NVHOOK_DEVICES_*` variable. A missing directory means no classes.
     pub classes_dir: PathBuf,
+    /// Where the host inventory cache is kept (the driver's files as last found, checked against
+    /// the driver version and the driver directories at every start; src/nvidia/cache.rs). An
+    /// empty path turns the cache off.
+    pub cache_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -67,6 +73,7 @@ impl Default for Config {
             accept_nvidia_visible_devices_as_volume_mounts: false,
             log_file: None,
             classes_dir: PathBuf::from(DEFAULT_CLASSES_DIR),
+            cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! `nvhook`: the command line.
 
 #![forbid(unsafe_code)]
+// The C entry point comes from nvhook_sys::entry! below: no Rust runtime start-up (why: there).
+#![no_main]
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use nvhook::error::Error;
 use nvhook::hook::{self, PlanSource};
@@ -290,7 +291,9 @@ fn report_to_runtime(msg: &str) {
     }
 }
 
-fn main() -> ExitCode {
+nvhook_sys::entry!(nvhook_main);
+
+fn nvhook_main() -> u8 {
     nvhook::logging::init();
     // Whatever descriptors our caller left open without close-on-exec (runc passes only 0-2,
     // but an admin's shell running `nvhook doctor` may pass more) are not passed on to anything
@@ -299,7 +302,7 @@ fn main() -> ExitCode {
         log::warn!("cannot mark inherited descriptors close-on-exec: {e}");
     }
     match run(std::env::args().collect()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             let msg = format!("nvhook: error: {e}\n");
             eprint!("{msg}");
@@ -307,7 +310,7 @@ fn main() -> ExitCode {
                 log::error!("{e}");
             }
             report_to_runtime(&msg);
-            ExitCode::FAILURE
+            1
         }
     }
 }

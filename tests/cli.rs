@@ -278,3 +278,54 @@ fn poststop_without_a_record_succeeds_and_bad_input_is_clear() {
     );
     assert!(ok, "{err}");
 }
+
+/// The host inventory cache (src/nvidia/cache.rs): a second plan on an unchanged driver tree uses
+/// it and plans the same; removing a driver library makes the next start look again.
+#[test]
+fn the_inventory_cache_is_used_and_dropped_when_the_driver_tree_changes() {
+    let fx = fixtures();
+    let (copy, cfg) = driver_copy("invcache");
+    let cache_dir = fx.dir.join("invcache-cache");
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("cache-dir = \"{}\"\n", cache_dir.display()));
+    std::fs::write(&cfg, text).unwrap();
+    // entries are written only for a tree that has been still for a while
+    let st = Command::new("find")
+        .arg(&copy)
+        .args(["-exec", "touch", "-h", "-d", "1 minute ago", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let b = bundle(&Spec::new(&["NVIDIA_VISIBLE_DEVICES=0"], "true"));
+    let plan = || {
+        let o = Command::new(nvhook())
+            .env("NVHOOK_LOG", "debug")
+            .args(["--config", cfg.to_str().unwrap(), "plan", "--bundle"])
+            .arg(&b.dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (first, log1) = plan();
+    assert!(!log1.contains(": used"), "{log1}");
+    assert!(first.contains("libnvidia-ptxjitcompiler"), "{first}");
+    let (second, log2) = plan();
+    assert!(log2.contains(": used"), "{log2}");
+    assert_eq!(first, second);
+    let lib = copy.join(format!(
+        "usr/lib/x86_64-linux-gnu/libnvidia-ptxjitcompiler.so.{}",
+        fx.version
+    ));
+    std::fs::remove_file(&lib).unwrap();
+    let (third, log3) = plan();
+    assert!(
+        !log3.contains(": used") && log3.contains("changed"),
+        "{log3}"
+    );
+    assert!(!third.contains("libnvidia-ptxjitcompiler.so."), "{third}");
+}

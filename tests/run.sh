@@ -67,8 +67,11 @@ echo "tests/run.sh: systemd host step took $(( $(date +%s) - t ))s"
 echo "== fuzzing, bounded (tests/fuzz.rs; prints execs and time per parser; docs/fuzzing.md)"
 cargo test --locked --test fuzz -- --test-threads=2 --nocapture
 echo "== benchmark smoke test (bench/run.sh, small N: it must run and report, no timing is judged)"
-out=$(NVHOOK_BIN="$PWD/target/debug/nvhook" FIXTURES=/tmp/nvhook-bench-smoke bash bench/run.sh --n 3 --warmup 1 --breakdown-n 2 2>&1) || { echo "$out"; exit 1; }
-for want in "(a) runc alone" "(z) runc, no-op hook" "(b) nvhook, no GPU asked" "(c) nvhook, all GPUs" "| (c) |"; do
+out=$(NVHOOK_BIN="$PWD/target/debug/nvhook" FIXTURES=/tmp/nvhook-bench-smoke bash bench/run.sh --n 3 --warmup 1 --breakdown-n 2 \
+    --burst 2,3 --burst-reps 1 --hook-cpu 2 2>&1) || { echo "$out"; exit 1; }
+for want in "(a) runc alone" "(z) runc, no-op hook" "(b) nvhook, no GPU asked" "(c) nvhook, all GPUs" "| (c) |" \
+    "| (a) runc alone | 3 |" "| (c) nvhook, all GPUs, compute,utility | 3 |" "0 of 3 |" "| (c) nvhook, all GPUs, compute,utility | " \
+    "in a burst of 3"; do
     grep -qF "$want" <<<"$out" || { echo "$out"; echo "benchmark smoke test: '$want' missing"; exit 1; }
 done
 echo "tests/run.sh: all tests passed in $(( $(date +%s) - start ))s"

@@ -15,7 +15,7 @@ use crate::rootfs::Rootfs;
 use super::gpus::Gpu;
 
 /// A host file and the container path it is mounted at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DriverFile {
     pub host_path: PathBuf,
     pub target: String,
@@ -81,6 +81,41 @@ const XORG_DIRS: &[&str] = &[
     "usr/X11R6/lib/modules/drivers",
     "usr/X11R6/lib/modules/extensions",
 ];
+
+/// The directories the graphics configuration files and X server modules are looked for in
+/// (each candidate's own directory, driver-root relative): the inventory cache's witnesses, so
+/// that a file installed or removed there is noticed.
+pub fn candidate_dirs(display: bool, root_path: &Path, lib_dirs: &[PathBuf]) -> Vec<String> {
+    let mut out = Vec::new();
+    let list = GRAPHICS_CONFIG
+        .iter()
+        .chain(if display { DISPLAY_CONFIG } else { &[] });
+    for (rel, _) in list {
+        let sub = Path::new(rel)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned());
+        for dir in CONFIG_DIRS {
+            out.push(format!("{dir}/{}", sub.as_deref().unwrap_or("")));
+        }
+    }
+    if display {
+        let libs: Vec<String> = lib_dirs
+            .iter()
+            .filter_map(|d| d.strip_prefix(root_path).ok())
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
+        for d in XORG_DIRS {
+            if d.contains("{lib}") {
+                out.extend(libs.iter().map(|l| d.replace("{lib}", l)));
+            } else {
+                out.push((*d).to_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
 
 fn base_name(p: &Path) -> String {
     p.file_name()

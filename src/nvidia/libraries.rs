@@ -19,7 +19,7 @@ use crate::ldcache::LdCache;
 use crate::rootfs::Rootfs;
 
 /// A driver library on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Library {
     /// The soname ld.so looks up (`libcuda.so.1`).
     pub soname: String,
@@ -33,7 +33,7 @@ pub struct Library {
 }
 
 /// A driver binary on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Binary {
     pub name: String,
     pub host_path: PathBuf,
@@ -80,6 +80,9 @@ pub struct DriverRoot {
     any_version: bool,
     /// directory listings made by the fallback scan, kept for the next name
     listings: HashMap<String, Vec<String>>,
+    /// the directories of the linker-cache paths that gave a library (where its soname link
+    /// lives, before links are followed): witnesses for the inventory cache
+    link_dirs: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 fn file_name_of(p: &Path) -> String {
@@ -124,11 +127,24 @@ impl DriverRoot {
             cache_has_driver: false,
             any_version: false,
             listings: HashMap::new(),
+            link_dirs: std::cell::RefCell::new(Vec::new()),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.root_path
+    }
+
+    /// Every path whose change could change what this root's lookups find: the linker cache,
+    /// the directories scanned without it, the directories of the cache's paths that were
+    /// followed, and the standard binary directories (the inventory cache's witnesses; the
+    /// caller adds the directories of what was found).
+    pub fn witnesses(&self) -> Vec<PathBuf> {
+        let mut w = vec![self.root_path.join("etc/ld.so.cache")];
+        w.extend(library_dirs().iter().map(|d| self.root_path.join(d)));
+        w.extend(BINARY_DIRS.iter().map(|d| self.root_path.join(d)));
+        w.extend(self.link_dirs.borrow().iter().cloned());
+        w
     }
 
     /// The driver root, for lookups of other files under it.
@@ -179,6 +195,13 @@ impl DriverRoot {
             .find_map(|e| {
                 let real = self.root.real_path(&e.value).ok()?;
                 let file_name = file_name_of(&real);
+                if let Some(dir) = Path::new(&e.value).parent() {
+                    let dir = self.root_path.join(dir.strip_prefix("/").unwrap_or(dir));
+                    let mut seen = self.link_dirs.borrow_mut();
+                    if !seen.contains(&dir) {
+                        seen.push(dir);
+                    }
+                }
                 self.has_version(&file_name).then(|| Library {
                     soname: e.key.clone(),
                     host_path: real,
@@ -283,7 +306,9 @@ impl DriverRoot {
 
     /// The GSP firmware files of this driver version: `nvidia/<version>/gsp*.bin` under the
     /// kernel's firmware search path (its custom path first, when the driver root is `/`).
-    pub fn find_firmware(&self) -> Vec<PathBuf> {
+    /// Where the GSP firmware of this driver version is looked for, in order (root-relative
+    /// `<firmware dir>/nvidia/<version>`, as the kernel's firmware loader searches).
+    pub fn firmware_dirs(&self) -> Vec<String> {
         let mut dirs: Vec<String> = Vec::new();
         if self.root_path == Path::new("/") {
             if let Ok(custom) = crate::bounded::read_to_string(
@@ -303,8 +328,13 @@ impl DriverRoot {
         dirs.push("/lib/firmware/updates".into());
         dirs.push(format!("/lib/firmware/{release}"));
         dirs.push("/lib/firmware".into());
-        for d in dirs {
-            let rel = format!("{}/nvidia/{}", d.trim_end_matches('/'), self.version);
+        dirs.iter()
+            .map(|d| format!("{}/nvidia/{}", d.trim_end_matches('/'), self.version))
+            .collect()
+    }
+
+    pub fn find_firmware(&self) -> Vec<PathBuf> {
+        for rel in self.firmware_dirs() {
             let Ok(real) = self.root.real_path(&rel) else {
                 continue;
             };

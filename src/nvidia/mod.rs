@@ -1,6 +1,7 @@
 //! The NVIDIA device class: the `NVIDIA_*` contract, the host's driver, and the plan for one
 //! container.
 
+pub mod cache;
 pub mod catalog;
 pub mod compat;
 pub mod extras;
@@ -79,20 +80,43 @@ impl Inventory {
         let all_gpus = gpus::discover(&config.proc_root)?;
         let proc_files = gpus::driver_files(&config.proc_root);
         let caps = &req.capabilities;
-        let names = catalog::library_names(caps);
-        let mut prefixes = names.clone();
-        prefixes.push("libnvidia-ml.so");
-        prefixes.push("libcuda.so");
-        if catalog::wants_graphics(caps) {
-            prefixes.extend_from_slice(catalog::GRAPHICS_UNVERSIONED_LIBS);
+        let slot = cache::Slot::new(
+            &config.cache_dir,
+            cache_key(config, req, &driver_version),
+            &config.driver_root,
+        );
+        let cached = slot.as_ref().and_then(cache::Slot::load);
+        if cached.is_some() {
+            t.mark("inv_cache");
         }
-        let mut root = DriverRoot::open(&config.driver_root, &driver_version, &prefixes)?;
-        let flags = crate::ldcache::native_flags();
-        let nvml_lib = root
-            .find_library("libnvidia-ml.so", flags)
-            .map(|l| l.host_path);
-        let libcuda = root.find_library("libcuda.so", flags).map(|l| l.host_path);
-        t.mark("inv_ldcache");
+        let (found, root) = match cached {
+            Some(found) => (found, None),
+            None => {
+                let (found, root) = driver_files(config, req, &driver_version, t)?;
+                if let Some(slot) = &slot {
+                    slot.store(&found, &witnesses(&root, &found, caps, &config.binary_dirs));
+                }
+                (found, Some(root))
+            }
+        };
+        let cache::DriverFiles {
+            nvml_lib,
+            libcuda,
+            libraries,
+            libraries32,
+            binaries,
+            firmware,
+            files: found_files,
+        } = found;
+        let unflag = |v: Vec<(Library, i32)>| -> Vec<Library> {
+            v.into_iter()
+                .map(|(mut l, f)| {
+                    l.cache_flags = f;
+                    l
+                })
+                .collect()
+        };
+        let (libraries, libraries32) = (unflag(libraries), unflag(libraries32));
         let mut nvml = mig::Nvml::new(nvml_lib.clone(), &all_gpus);
         let selection = select::select(&req.devices, &all_gpus, &config.proc_root, &mut nvml)?;
         let nvml_answers = nvml.take_answers();
@@ -163,81 +187,23 @@ impl Inventory {
         }
 
         t.mark("inv_nodes");
-        let mut libraries: Vec<Library> = Vec::new();
-        for name in names.iter().copied() {
-            match root.find_library(name, flags) {
-                Some(lib) => {
-                    if !libraries.iter().any(|l| l.host_path == lib.host_path) {
-                        libraries.push(lib);
+        let mut files = found_files;
+        // IPC sockets come and go with their daemons: looked up at every start
+        let opened;
+        let root_fs = match &root {
+            Some(r) => r.rootfs(),
+            None => {
+                opened = crate::rootfs::Rootfs::open(&config.driver_root).map_err(|e| {
+                    Error::DriverFile {
+                        path: config.driver_root.clone(),
+                        reason: e.to_string(),
                     }
-                }
-                None => {
-                    if let Some((_, cap)) = REQUIRED_LIBS
-                        .iter()
-                        .find(|(n, c)| *n == name && caps.has(*c))
-                    {
-                        return Err(Error::LibraryMissing {
-                            name: format!("{name}.{driver_version} (needed for '{cap}')"),
-                            root: config.driver_root.clone(),
-                            hint: "check that the driver is fully installed and that driver-root in the config points at it",
-                        });
-                    }
-                    log::debug!("driver library {name} not found; skipped");
-                }
+                })?;
+                &opened
             }
-        }
-        if catalog::wants_graphics(caps) {
-            for name in catalog::GRAPHICS_UNVERSIONED_LIBS {
-                if let Some(lib) = root.find_library_any_version(name, flags) {
-                    libraries.push(lib);
-                }
-            }
-        }
-        let mut libraries32 = Vec::new();
-        if caps.has(request::Capability::Compat32) && std::env::consts::ARCH == "x86_64" {
-            for name in &names {
-                if let Some(lib) = root.find_library(name, crate::ldcache::FLAG_ELF_LIBC6) {
-                    if !libraries32
-                        .iter()
-                        .any(|l: &Library| l.host_path == lib.host_path)
-                    {
-                        libraries32.push(lib);
-                    }
-                }
-            }
-        }
-        t.mark("inv_libs");
-        let lib_dirs: Vec<PathBuf> = libraries
-            .iter()
-            .filter_map(|l| l.host_path.parent().map(PathBuf::from))
-            .collect();
-        let bin_names = catalog::binary_names(caps);
-        let binaries = root.find_binaries(&bin_names, &config.binary_dirs, &lib_dirs);
-        for n in bin_names
-            .iter()
-            .filter(|n| !binaries.iter().any(|b| b.name == **n))
-        {
-            log::debug!("driver binary {n} not found; skipped");
-        }
-        t.mark("inv_bins");
-        let firmware = root.find_firmware();
-        let mut files = Vec::new();
-        if catalog::wants_graphics(caps) {
-            files.extend(extras::config_files(
-                root.rootfs(),
-                catalog::wants_modeset(caps),
-            ));
-        }
-        if catalog::wants_modeset(caps) {
-            files.extend(extras::xorg_modules(
-                root.rootfs(),
-                root.path(),
-                &lib_dirs,
-                &driver_version,
-            ));
-        }
+        };
         files.extend(extras::ipc(
-            root.rootfs(),
+            root_fs,
             caps.has(request::Capability::Utility),
             catalog::wants_uvm(caps),
         ));
@@ -247,7 +213,7 @@ impl Inventory {
             (Vec::new(), Vec::new())
         };
         let imex_nodes = extras::imex_channels(&config.dev_root, &req.imex_channels)?;
-        t.mark("inv_firmware");
+        t.mark("inv_live");
         Ok(Inventory {
             driver_version,
             gpus: all_gpus,
@@ -271,6 +237,195 @@ impl Inventory {
             proc_files,
         })
     }
+}
+
+/// What an inventory cache entry must match besides its witnesses: nvhook's version, the
+/// driver's, everything of the request that the driver files depend on, and the whole config.
+fn cache_key(config: &Config, req: &Request, driver_version: &str) -> String {
+    format!(
+        "nvhook {} format {}|driver {driver_version}|caps {:?}|arch {}|config {config:?}",
+        env!("CARGO_PKG_VERSION"),
+        cache::FORMAT,
+        req.capabilities,
+        std::env::consts::ARCH,
+    )
+}
+
+/// The driver's files for `req` under the driver root: libraries (through the root's linker
+/// cache), binaries, firmware, graphics configuration files and X modules. Sub-phases are
+/// marked on `t`.
+fn driver_files(
+    config: &Config,
+    req: &Request,
+    driver_version: &str,
+    t: &mut Timer,
+) -> Result<(cache::DriverFiles, DriverRoot), Error> {
+    let caps = &req.capabilities;
+    let names = catalog::library_names(caps);
+    let mut prefixes = names.clone();
+    prefixes.push("libnvidia-ml.so");
+    prefixes.push("libcuda.so");
+    if catalog::wants_graphics(caps) {
+        prefixes.extend_from_slice(catalog::GRAPHICS_UNVERSIONED_LIBS);
+    }
+    let mut root = DriverRoot::open(&config.driver_root, driver_version, &prefixes)?;
+    let flags = crate::ldcache::native_flags();
+    let nvml_lib = root
+        .find_library("libnvidia-ml.so", flags)
+        .map(|l| l.host_path);
+    let libcuda = root.find_library("libcuda.so", flags).map(|l| l.host_path);
+    t.mark("inv_ldcache");
+    let mut libraries: Vec<Library> = Vec::new();
+    for name in names.iter().copied() {
+        match root.find_library(name, flags) {
+            Some(lib) => {
+                if !libraries.iter().any(|l| l.host_path == lib.host_path) {
+                    libraries.push(lib);
+                }
+            }
+            None => {
+                if let Some((_, cap)) = REQUIRED_LIBS
+                    .iter()
+                    .find(|(n, c)| *n == name && caps.has(*c))
+                {
+                    return Err(Error::LibraryMissing {
+                        name: format!("{name}.{driver_version} (needed for '{cap}')"),
+                        root: config.driver_root.clone(),
+                        hint: "check that the driver is fully installed and that driver-root in the config points at it",
+                    });
+                }
+                log::debug!("driver library {name} not found; skipped");
+            }
+        }
+    }
+    if catalog::wants_graphics(caps) {
+        for name in catalog::GRAPHICS_UNVERSIONED_LIBS {
+            if let Some(lib) = root.find_library_any_version(name, flags) {
+                libraries.push(lib);
+            }
+        }
+    }
+    let mut libraries32 = Vec::new();
+    if caps.has(request::Capability::Compat32) && std::env::consts::ARCH == "x86_64" {
+        for name in &names {
+            if let Some(lib) = root.find_library(name, crate::ldcache::FLAG_ELF_LIBC6) {
+                if !libraries32
+                    .iter()
+                    .any(|l: &Library| l.host_path == lib.host_path)
+                {
+                    libraries32.push(lib);
+                }
+            }
+        }
+    }
+    t.mark("inv_libs");
+    let lib_dirs = lib_dirs_of(&libraries);
+    let bin_names = catalog::binary_names(caps);
+    let binaries = root.find_binaries(&bin_names, &config.binary_dirs, &lib_dirs);
+    for n in bin_names
+        .iter()
+        .filter(|n| !binaries.iter().any(|b| b.name == **n))
+    {
+        log::debug!("driver binary {n} not found; skipped");
+    }
+    t.mark("inv_bins");
+    let firmware = root.find_firmware();
+    let mut files = Vec::new();
+    if catalog::wants_graphics(caps) {
+        files.extend(extras::config_files(
+            root.rootfs(),
+            catalog::wants_modeset(caps),
+        ));
+    }
+    if catalog::wants_modeset(caps) {
+        files.extend(extras::xorg_modules(
+            root.rootfs(),
+            root.path(),
+            &lib_dirs,
+            driver_version,
+        ));
+    }
+    t.mark("inv_firmware");
+    let flagged = |v: Vec<Library>| {
+        v.into_iter().map(|l| {
+            let f = l.cache_flags;
+            (l, f)
+        })
+    };
+    let found = cache::DriverFiles {
+        nvml_lib,
+        libcuda,
+        libraries: flagged(libraries).collect(),
+        libraries32: flagged(libraries32).collect(),
+        binaries,
+        firmware,
+        files,
+    };
+    Ok((found, root))
+}
+
+fn lib_dirs_of(libraries: &[Library]) -> Vec<PathBuf> {
+    libraries
+        .iter()
+        .filter_map(|l| l.host_path.parent().map(PathBuf::from))
+        .collect()
+}
+
+/// Everything whose change could change what [`driver_files`] finds (see nvidia/cache.rs).
+fn witnesses(
+    root: &DriverRoot,
+    found: &cache::DriverFiles,
+    caps: &Capabilities,
+    binary_dirs: &[PathBuf],
+) -> Vec<PathBuf> {
+    let mut w = root.witnesses();
+    let under = |rel: &str| root.path().join(rel.trim_start_matches('/'));
+    w.extend(binary_dirs.iter().map(|d| under(&d.to_string_lossy())));
+    w.extend(root.firmware_dirs().iter().map(|d| under(d)));
+    let libs: Vec<Library> = found.libraries.iter().map(|(l, _)| l.clone()).collect();
+    let lib_dirs = lib_dirs_of(&libs);
+    // `bin` beside each library directory is searched for binaries
+    w.extend(
+        lib_dirs
+            .iter()
+            .filter_map(|d| d.parent().map(|p| p.join("bin"))),
+    );
+    if catalog::wants_graphics(caps) || catalog::wants_modeset(caps) {
+        w.extend(
+            extras::candidate_dirs(catalog::wants_modeset(caps), root.path(), &lib_dirs)
+                .iter()
+                .map(|d| under(d)),
+        );
+    }
+    // and the directory of everything found (a file replaced or removed moves its mtime)
+    w.extend(
+        found
+            .libraries
+            .iter()
+            .chain(&found.libraries32)
+            .filter_map(|(l, _)| l.host_path.parent().map(PathBuf::from))
+            .chain(
+                found
+                    .binaries
+                    .iter()
+                    .filter_map(|b| b.host_path.parent().map(PathBuf::from)),
+            )
+            .chain(
+                found
+                    .firmware
+                    .iter()
+                    .filter_map(|f| f.parent().map(PathBuf::from)),
+            )
+            .chain(
+                found
+                    .files
+                    .iter()
+                    .filter_map(|f| f.host_path.parent().map(PathBuf::from)),
+            ),
+    );
+    w.sort();
+    w.dedup();
+    w
 }
 
 /// What a plan is for (printed by `nvhook plan`).
