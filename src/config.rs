@@ -50,6 +50,10 @@ pub struct Config {
     /// Where device-class files (`<name>.toml`) are read from; read only for containers that
     /// set an `NVHOOK_DEVICES_*` variable. A missing directory means no classes.
     pub classes_dir: PathBuf,
+    /// When the container's cgroup is a systemd unit, also record the granted nodes in the unit
+    /// (`DeviceAllow=`, runtime) over the system bus, so that `systemctl daemon-reload` keeps
+    /// them (docs/systemd.md).
+    pub systemd_device_grants: bool,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             accept_nvidia_visible_devices_as_volume_mounts: false,
             log_file: None,
             classes_dir: PathBuf::from(DEFAULT_CLASSES_DIR),
+            systemd_device_grants: true,
         }
     }
 }

@@ -3,7 +3,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::apply::{self, cgroup::DeviceCgroup, namespace::MountNamespace, userns::Privilege};
+use crate::apply::{
+    self, cgroup::DeviceCgroup, namespace::MountNamespace, systemd, userns::Privilege,
+};
 use crate::class::{self, ClassInventory};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -106,6 +108,14 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         .then(|| apply::userns::device_policy(pid, container.cgroups_path.as_deref()))
         .flatten();
     t.mark("cgroup_open");
+    // Forked here, single-threaded and still in the host's mount namespace: the child connects to
+    // the bus while this process mounts.
+    let mut durable = cgroup
+        .as_ref()
+        .filter(|_| config.systemd_device_grants)
+        .and_then(|cg| systemd::unit_of(container.cgroups_path.as_deref(), &cg.proc_path))
+        .and_then(systemd::Pending::start);
+    t.mark("systemd_check");
     ns.enter()?;
     t.mark("setns");
 
@@ -119,6 +129,9 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         _ => Plan::default(),
     };
     class::merge_into(&mut plan, &class_invs, &layout);
+    if let Some(d) = &mut durable {
+        d.send(&plan.cgroup_rules);
+    }
     t.mark("plan");
     if rootless {
         apply::userns::preflight(&plan, &container.user, privilege, policy.as_ref())?;
@@ -129,6 +142,13 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     t.mark("mounts");
     apply::ldcache(&plan, &rootfs)?;
     t.mark("ldcache");
+    if let Some(d) = durable {
+        // systemd first: its program then already allows the nodes and is left as it is
+        let unit = d.unit().to_owned();
+        let ok = d.finish(&plan.cgroup_rules);
+        t.mark("systemd");
+        log::debug!("systemd unit {unit}: durable grant {ok}");
+    }
     if let Some(cg) = &cgroup {
         cg.grant(&plan.cgroup_rules)?;
         log::debug!(

@@ -8,6 +8,7 @@
 pub mod bpfprog;
 pub mod cgroup;
 pub mod namespace;
+pub mod systemd;
 pub mod userns;
 
 use std::os::fd::AsFd;
