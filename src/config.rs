@@ -164,6 +164,9 @@ mod tests {
         assert_eq!(c.classes_dir, Path::new("/etc/nvhook/classes.d"));
         let c = Config::parse("classes-dir = \"/srv/classes\"\n").unwrap();
         assert_eq!(c.classes_dir, Path::new("/srv/classes"));
+        assert!(Config::default().systemd_device_grants);
+        let c = Config::parse("systemd-device-grants = false\n").unwrap();
+        assert!(!c.systemd_device_grants);
     }
 
     #[test]

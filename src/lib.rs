@@ -13,6 +13,7 @@ pub mod class;
 pub mod config;
 pub mod devnode;
 pub mod doctor;
+pub mod doctor_systemd;
 pub mod elf;
 pub mod error;
 #[doc(hidden)]
