@@ -187,17 +187,86 @@ fn parse_request(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The forked child: connect to the bus, wait for the nodes, call systemd. Returns "ok" or why
-/// not.
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// Does systemd confine `unit`'s devices (`DevicePolicy` other than `auto`, or a `DeviceAllow=`
+/// list)? A unit it does not confine has no device program of systemd's for a reload to rebuild
+/// (crun's scope, whose own program sits on a sub-cgroup): there, adding `DeviceAllow=` would
+/// *start* confining it to the GPU nodes alone, so nothing is recorded.
+async fn confined(conn: &zbus::Connection, unit: &str) -> Result<bool, String> {
+    let reply = conn
+        .call_method(
+            Some(SYSTEMD),
+            "/org/freedesktop/systemd1",
+            Some(MANAGER),
+            "GetUnit",
+            &(unit,),
+        )
+        .await
+        .map_err(|e| format!("GetUnit {unit}: {e}"))?;
+    let path: zbus::OwnedObjectPath = reply
+        .body()
+        .deserialize()
+        .map_err(|e| format!("GetUnit {unit}: {e}"))?;
+    let iface = if unit.ends_with(".slice") {
+        "org.freedesktop.systemd1.Slice"
+    } else {
+        "org.freedesktop.systemd1.Scope"
+    };
+    let get = |prop: &'static str| {
+        let path = path.clone();
+        async move {
+            conn.call_method(
+                Some(SYSTEMD),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(iface, prop),
+            )
+            .await
+            .map_err(|e| format!("{unit} {prop}: {e}"))
+        }
+    };
+    let policy: zbus::OwnedVariant = get("DevicePolicy")
+        .await?
+        .body()
+        .deserialize()
+        .map_err(|e| format!("{unit} DevicePolicy: {e}"))?;
+    let policy = String::try_from(policy).map_err(|e| format!("{unit} DevicePolicy: {e}"))?;
+    if policy != "auto" {
+        return Ok(true);
+    }
+    let allow: zbus::OwnedVariant = get("DeviceAllow")
+        .await?
+        .body()
+        .deserialize()
+        .map_err(|e| format!("{unit} DeviceAllow: {e}"))?;
+    let allow =
+        <Vec<(String, String)>>::try_from(allow).map_err(|e| format!("{unit} DeviceAllow: {e}"))?;
+    Ok(!allow.is_empty())
+}
+
+/// The forked child: connect to the bus and ask whether systemd confines the unit (while the hook
+/// mounts), wait for the nodes, call systemd. Returns "ok", "unconfined" or why not.
 fn child_main(unit: &str, mut request: std::fs::File) -> Vec<u8> {
     let conn = zbus::block_on(async {
         let stream = UnixStream::connect(SYSTEM_BUS)
             .map_err(|e| format!("cannot connect to {SYSTEM_BUS}: {e}"))?;
-        zbus::connection::Builder::unix_stream(stream)
+        let conn = zbus::connection::Builder::unix_stream(stream)
             .build()
             .await
-            .map_err(|e| format!("D-Bus handshake on {SYSTEM_BUS}: {e}"))
+            .map_err(|e| format!("D-Bus handshake on {SYSTEM_BUS}: {e}"))?;
+        let confined = confined(&conn, unit).await?;
+        Ok::<_, String>((conn, confined))
     });
+    let (conn, confined) = match conn {
+        Ok(c) => c,
+        Err(e) => return e.into_bytes(),
+    };
+    if !confined {
+        return UNCONFINED.as_bytes().to_vec();
+    }
     let mut text = String::new();
     if let Err(e) = request.read_to_string(&mut text) {
         return format!("reading the request: {e}").into_bytes();
@@ -206,10 +275,6 @@ fn child_main(unit: &str, mut request: std::fs::File) -> Vec<u8> {
     if entries.is_empty() {
         return b"ok".to_vec();
     }
-    let conn = match conn {
-        Ok(c) => c,
-        Err(e) => return e.into_bytes(),
-    };
     let r: Result<(), String> = zbus::block_on(async {
         let allow: Vec<(&str, &str)> = entries
             .iter()
@@ -218,9 +283,9 @@ fn child_main(unit: &str, mut request: std::fs::File) -> Vec<u8> {
         let props: Vec<(&str, zbus::Variant<'_>)> =
             vec![("DeviceAllow", zbus::Variant::from(allow))];
         conn.call_method(
-            Some("org.freedesktop.systemd1"),
+            Some(SYSTEMD),
             "/org/freedesktop/systemd1",
-            Some("org.freedesktop.systemd1.Manager"),
+            Some(MANAGER),
             "SetUnitProperties",
             &(unit, true, props),
         )
@@ -230,7 +295,7 @@ fn child_main(unit: &str, mut request: std::fs::File) -> Vec<u8> {
         // two bus messages): one more round trip and the new device policy is in place when the
         // hook looks at the cgroup again.
         conn.call_method(
-            Some("org.freedesktop.systemd1"),
+            Some(SYSTEMD),
             "/org/freedesktop/systemd1",
             Some("org.freedesktop.DBus.Peer"),
             "Ping",
@@ -245,6 +310,9 @@ fn child_main(unit: &str, mut request: std::fs::File) -> Vec<u8> {
         Err(e) => e.into_bytes(),
     }
 }
+
+/// The child's answer for a unit whose devices systemd does not confine.
+const UNCONFINED: &str = "unconfined";
 
 #[cfg(test)]
 mod tests {
