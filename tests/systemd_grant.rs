@@ -170,7 +170,9 @@ fn config_and_hooks(on: bool) -> (PathBuf, PathBuf) {
 
 // ------------------------------------------------------------------------------- podman
 
-/// podman with the systemd cgroup manager, its own storage, nvhook from `hooks`.
+/// podman with the systemd cgroup manager and runc (the combination where systemd confines the
+/// scope; with crun, podman's default, it does not: see `oci_daemon_reload`), its own storage,
+/// nvhook from `hooks`.
 fn podman(hooks: &Path) -> Command {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("systemd-grant-podman");
     let mut c = Command::new("podman");
@@ -178,6 +180,7 @@ fn podman(hooks: &Path) -> Command {
         .arg(base.join("root"))
         .args(["--runroot", "/run/nvhook-tests/systemd-grant"])
         .args(["--cgroup-manager", "systemd", "--events-backend", "file"])
+        .args(["--runtime", "runc"])
         .arg("--hooks-dir")
         .arg(hooks);
     c
