@@ -173,6 +173,38 @@ fn drop_mount(root: &Path, dest: &str) {
     });
 }
 
+/// The toolkit's other route to a GPU: `/dev/null` mounted at
+/// `/var/run/nvidia-container-devices/0`, under a host config that accepts such mounts and
+/// ignores the variable for unprivileged containers; `var` is added to the environment. The
+/// hook is pointed at that config (written beside the rootfs, in the bundle).
+fn volume_mount_request(root: &Path, var: &str) {
+    let bundle = root.parent().unwrap();
+    let config = bundle.join("nvhook-volume-mounts.toml");
+    let mut text = std::fs::read_to_string(&fixtures().config).unwrap();
+    text.push_str(
+        "accept-nvidia-visible-devices-as-volume-mounts = true\n\
+         accept-nvidia-visible-devices-envvar-when-unprivileged = false\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let var = var.to_owned();
+    edit_config(root, |c| {
+        c["process"]["env"].as_array_mut().unwrap().push(var.into());
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "source": "/dev/null",
+            "destination": "/var/run/nvidia-container-devices/0",
+            "type": "bind",
+            "options": ["rbind", "ro"],
+        }));
+        for stage in ["prestart", "createRuntime"] {
+            if let Some(hooks) = c["hooks"][stage].as_array_mut() {
+                for h in hooks {
+                    h["args"][2] = config.to_string_lossy().into_owned().into();
+                }
+            }
+        }
+    });
+}
+
 fn sh(script: &str) {
     let o = Command::new("sh").arg("-c").arg(script).output().unwrap();
     assert!(
@@ -895,6 +927,22 @@ fn cases() -> Vec<Case> {
                 "GCONV_PATH=/tmp/nvhook-hostile-pwned",
             ],
             expect: Expect::Starts,
+            ..BASE
+        },
+        Case {
+            name: "MIG config asked through a device volume mount, unprivileged",
+            setup: |r| volume_mount_request(r, "NVIDIA_MIG_CONFIG_DEVICES=all"),
+            env: &[],
+            expect: Expect::Refused,
+            says: "NVIDIA_MIG_CONFIG_DEVICES: cannot be set in a non-privileged container",
+            ..BASE
+        },
+        Case {
+            name: "MIG monitor asked through a device volume mount, unprivileged",
+            setup: |r| volume_mount_request(r, "NVIDIA_MIG_MONITOR_DEVICES=all"),
+            env: &[],
+            expect: Expect::Refused,
+            says: "NVIDIA_MIG_MONITOR_DEVICES: cannot be set in a non-privileged container",
             ..BASE
         },
         Case {

@@ -256,6 +256,20 @@ impl Request {
         supported: &Capabilities,
         src: &Sources<'_>,
     ) -> Result<Option<Request>, Error> {
+        // The toolkit refuses MIG configuration/monitoring for unprivileged containers outright,
+        // whichever route named the devices: this check comes before every route (the volume
+        // mounts below once returned before it, and an unprivileged container got the MIG
+        // config/monitor capability nodes by asking through a mount).
+        let map = env_map(env);
+        for var in [MIG_CONFIG, MIG_MONITOR] {
+            if !src.privileged && map.get(var).is_some_and(|v| !v.is_empty()) {
+                return Err(Error::BadRequest {
+                    var: var.into(),
+                    reason: "cannot be set in a non-privileged container (it needs CAP_SYS_ADMIN)"
+                        .into(),
+                });
+            }
+        }
         if src.accept_volume_mounts {
             let (devices, imex) = volume_mount_requests(src.mounts);
             if !devices.is_empty() {
@@ -274,19 +288,8 @@ impl Request {
                 return Request::from_env(&env, supported);
             }
         }
-        // The toolkit refuses MIG configuration/monitoring for unprivileged containers outright.
-        let map = env_map(env);
-        for var in [MIG_CONFIG, MIG_MONITOR] {
-            if !src.privileged && map.get(var).is_some_and(|v| !v.is_empty()) {
-                return Err(Error::BadRequest {
-                    var: var.into(),
-                    reason: "cannot be set in a non-privileged container (it needs CAP_SYS_ADMIN)"
-                        .into(),
-                });
-            }
-        }
         if !src.privileged && !src.accept_env_unprivileged {
-            if env_map(env).contains_key(VISIBLE_DEVICES) {
+            if map.contains_key(VISIBLE_DEVICES) {
                 log::warn!(
                     "ignoring {VISIBLE_DEVICES} in an unprivileged container (accept-nvidia-visible-devices-envvar-when-unprivileged = false)"
                 );
@@ -736,6 +739,50 @@ mod tests {
                 .map(|r| r.devices),
             Some(list(&["0"]))
         );
+    }
+
+    /// Issue 16: every route to a request passes the privilege rule of the MIG variables (the
+    /// volume-mount route once skipped it).
+    #[test]
+    fn mig_variables_need_privilege_on_every_route() {
+        let mounts = vec![(
+            "/dev/null".to_string(),
+            "/var/run/nvidia-container-devices/0".to_string(),
+        )];
+        let none: Vec<(String, String)> = vec![];
+        let all = Capabilities::all();
+        for var in [MIG_CONFIG, MIG_MONITOR] {
+            let env = env(&["NVIDIA_VISIBLE_DEVICES=0", &format!("{var}=all")]);
+            for (mounts, accept_env, accept_mounts) in [
+                (&mounts, false, true),
+                (&mounts, true, true),
+                (&none, true, false),
+                (&none, false, false),
+                (&none, true, true),
+            ] {
+                let s = Sources {
+                    privileged: false,
+                    mounts,
+                    accept_env_unprivileged: accept_env,
+                    accept_volume_mounts: accept_mounts,
+                    disable_require: false,
+                };
+                let e = Request::from_container(&env, &all, &s);
+                assert!(
+                    matches!(&e, Err(Error::BadRequest { var: v, .. }) if v == var),
+                    "{var} via mounts={} env={accept_env} accept_mounts={accept_mounts}: {e:?}",
+                    mounts.len()
+                );
+                let privileged = Sources {
+                    privileged: true,
+                    ..s
+                };
+                let r = Request::from_container(&env, &all, &privileged)
+                    .unwrap()
+                    .unwrap();
+                assert!(r.mig_config || r.mig_monitor, "{var}: {r:?}");
+            }
+        }
     }
 
     #[test]
