@@ -131,6 +131,19 @@ pub enum Error {
         device: String,
         reason: String,
     },
+    /// An ancestor's device program would not let the container use a node nvhook grants. The
+    /// grant reaches only the container's own cgroup, so this is refused, never widened.
+    #[error(
+        "device cgroup: the device program {program} of the ancestor cgroup {ancestor} {reason} {device} (the container's cgroup is {container}); nvhook grants devices only in the container's own cgroup and never widens an ancestor's program, which would open the device to every cgroup below it: allow {device} rw in {ancestor}'s device policy (DeviceAllow= of its systemd unit, or the program of whoever attached it), or run the container under another parent cgroup"
+    )]
+    CgroupAncestorDenies {
+        container: PathBuf,
+        ancestor: PathBuf,
+        device: String,
+        program: u32,
+        /// "denies" or "may deny (why the program could not be followed)"
+        reason: String,
+    },
     #[error("device cgroup: cannot find the container's cgroup: {reason}")]
     CgroupNotFound { reason: String },
     #[error("rootless: {what}: {reason}; {hint}")]

@@ -18,6 +18,7 @@ use common::*;
 use nvhook::apply::bpfprog;
 use nvhook::apply::cgroup::DeviceCgroup;
 use nvhook::devnode::NodeType;
+use nvhook::error::Error;
 use nvhook::plan::DeviceRule;
 use nvhook_sys as sys;
 
@@ -135,21 +136,33 @@ fn sleeper(cg: &Cg) -> Child {
     c
 }
 
+/// The ids of the programs attached to `cg` (an id changes when a program is replaced).
+fn program_ids(cg: &Cg) -> Vec<u32> {
+    let dir = std::fs::File::open(&cg.v2).unwrap();
+    sys::prog_query(dir.as_fd(), sys::BPF_CGROUP_DEVICE)
+        .unwrap()
+        .1
+}
+
 #[test]
-fn grant_extends_the_runtime_programs_of_the_cgroup_and_its_ancestors() {
+fn grant_extends_the_containers_own_programs_and_never_an_ancestors() {
     let _g = serial();
     assert!(Path::new("/dev/fuse").exists() && Path::new("/dev/kmsg").exists());
     let parent = Cg::new(None, &format!("nvhook-test-{}", std::process::id()));
     let child = Cg::new(Some(&parent), "ctr");
-    // The "runtime": the parent allows null and zero, the container's own cgroup only null.
-    parent.attach_runtime_program(&[rule(1, 3), rule(1, 5)]);
+    let sibling = Cg::new(Some(&parent), "sibling");
+    // The "runtime": the parent allows null, zero and fuse; the container's own cgroup only
+    // null; the sibling has no program of its own, so only the parent's decides for it.
+    parent.attach_runtime_program(&[rule(1, 3), rule(1, 5), rule(10, 229)]);
     child.attach_runtime_program(&[rule(1, 3)]);
+    sibling.attach_runtime_program(&[rule(1, 3)]);
     let all = ["/dev/null", "/dev/zero", "/dev/fuse", "/dev/kmsg"];
     let before = child.open(&all);
     assert_eq!(
         before,
         "/dev/null: ok\n/dev/zero: EPERM\n/dev/fuse: EPERM\n/dev/kmsg: EPERM\n"
     );
+    let parent_ids = program_ids(&parent);
 
     let mut s = sleeper(&child);
     let cg = DeviceCgroup::open(s.id() as i32, None).unwrap();
@@ -168,14 +181,85 @@ fn grant_extends_the_runtime_programs_of_the_cgroup_and_its_ancestors() {
 
     assert_eq!(
         after, "/dev/null: ok\n/dev/zero: EPERM\n/dev/fuse: ok\n/dev/kmsg: EPERM\n",
-        "fuse granted through both programs; every other decision kept (zero still denied by the child's)"
+        "fuse granted through the container's program; every other decision kept (zero still denied by the child's)"
     );
     assert_eq!(
         child.program_lengths().len(),
         1,
         "replaced in place, not added"
     );
-    assert_eq!(parent.program_lengths().len(), 1);
+    assert_eq!(
+        program_ids(&parent),
+        parent_ids,
+        "the parent's program is never replaced"
+    );
+    assert_eq!(
+        sibling.open(&all),
+        "/dev/null: ok\n/dev/zero: EPERM\n/dev/fuse: EPERM\n/dev/kmsg: EPERM\n",
+        "the sibling's own program still decides for it"
+    );
+}
+
+/// Issue 16: the grant once extended every ancestor's program too, so a sibling cgroup that the
+/// parent's program denied a device could open it after a GPU container ran beside it, and for
+/// ever after. Now an ancestor that denies a granted node is left alone and the grant refused.
+#[test]
+fn a_parent_that_denies_the_device_is_never_widened_for_a_sibling() {
+    let _g = serial();
+    let parent = Cg::new(None, &format!("nvhook-test-deny-{}", std::process::id()));
+    let child = Cg::new(Some(&parent), "ctr");
+    // no program of its own: only the parent's decides for the sibling
+    let sibling = Cg::new(Some(&parent), "sibling");
+    // the parent denies fuse (standing in for "c 195:*"), allows null and zero
+    parent.attach_runtime_program(&[rule(1, 3), rule(1, 5)]);
+    child.attach_runtime_program(&[rule(1, 3)]);
+    let probe = ["/dev/null", "/dev/fuse"];
+    assert_eq!(sibling.open(&probe), "/dev/null: ok\n/dev/fuse: EPERM\n");
+    let (parent_ids, child_ids) = (program_ids(&parent), program_ids(&child));
+
+    let mut s = sleeper(&child);
+    let cg = DeviceCgroup::open(s.id() as i32, None).unwrap();
+    let r = cg.grant(&[rule(10, 229)]);
+    let child_after = child.open(&probe);
+    let _ = s.kill();
+    let _ = s.wait();
+
+    assert_eq!(
+        sibling.open(&probe),
+        "/dev/null: ok\n/dev/fuse: EPERM\n",
+        "the sibling must stay denied after the container's grant ({r:?})"
+    );
+    assert_eq!(
+        program_ids(&parent),
+        parent_ids,
+        "the parent's program was replaced"
+    );
+    assert_eq!(
+        program_ids(&child),
+        child_ids,
+        "nothing changes when the grant is refused"
+    );
+    assert_eq!(child_after, "/dev/null: ok\n/dev/fuse: EPERM\n");
+    match r {
+        Err(Error::CgroupAncestorDenies {
+            ancestor,
+            device,
+            container,
+            reason,
+            ..
+        }) => {
+            assert_eq!(ancestor, parent.v2);
+            assert_eq!(container, child.v2);
+            assert_eq!(device, "c 10:229");
+            assert_eq!(reason, "denies");
+        }
+        other => panic!("want CgroupAncestorDenies naming the parent, got {other:?}"),
+    }
+    let msg = cg.grant(&[rule(10, 229)]).unwrap_err().to_string();
+    assert!(
+        msg.contains(&parent.v2.display().to_string()) && msg.contains("DeviceAllow="),
+        "{msg}"
+    );
 }
 
 #[test]

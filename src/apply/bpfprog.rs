@@ -124,31 +124,12 @@ mod tests {
         }
     }
 
-    /// A tiny interpreter for exactly the instructions above, to check the logic without root.
+    /// The program's decision, 1 allow or 0 deny, by the evaluator nvhook uses on ancestors.
     fn run(prog: &[BpfInsn], ty: u32, access: u32, major: u32, minor: u32) -> u64 {
-        let ctx = [(access << 16) | ty, major, minor];
-        let mut r = [0u64; 11];
-        let mut pc = 0usize;
-        loop {
-            let i = prog[pc];
-            let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
-            match i.code {
-                LDX_MEM_W => {
-                    assert_eq!(src, 1, "context loads go through R1");
-                    r[dst] = ctx[i.off as usize / 4] as u64;
-                }
-                ALU_AND_K => r[dst] = (r[dst] as u32 & i.imm as u32) as u64,
-                ALU_RSH_K => r[dst] = ((r[dst] as u32) >> i.imm) as u64,
-                ALU_MOV_K => r[dst] = i.imm as u32 as u64,
-                JMP_JNE_K => {
-                    if r[dst] != i.imm as u32 as u64 {
-                        pc = (pc as i64 + i.off as i64) as usize;
-                    }
-                }
-                JMP_EXIT => return r[0],
-                c => panic!("unexpected opcode {c:#x}"),
-            }
-            pc += 1;
+        match crate::apply::bpfeval::evaluate(prog, ty, access, major, minor) {
+            crate::apply::bpfeval::Verdict::Allow => 1,
+            crate::apply::bpfeval::Verdict::Deny => 0,
+            crate::apply::bpfeval::Verdict::Unknown(why) => panic!("{why}"),
         }
     }
 

@@ -9,12 +9,17 @@
 //! - cgroup v2: device access is decided by `BPF_PROG_TYPE_CGROUP_DEVICE` programs. Every program
 //!   attached to the container's cgroup *and to each ancestor* (with `BPF_F_ALLOW_MULTI`) must
 //!   allow an access, so adding a program of our own can only restrict. Instead, for each device
-//!   program found from the container's cgroup up to the root, nvhook reads its instructions back
+//!   program attached to the container's own (leaf) cgroup, nvhook reads its instructions back
 //!   from the kernel, puts "allow exactly these devices" blocks in front of them
 //!   ([`super::bpfprog`]) and swaps the new program in atomically (`BPF_F_REPLACE`), on the same
 //!   cgroup, with the same attach flags. Everything else the runtime (or systemd) decided still
 //!   holds, bit for bit. A program we cannot read back (maps, hardened JIT dumps, LSM refusal)
 //!   is an error: a program we cannot extend might deny the device.
+//!   An ancestor's program is never modified: it also runs for every other cgroup under that
+//!   ancestor, so widening it would let a sibling open the GPU (issue 16). Each ancestor program
+//!   is instead evaluated ([`super::bpfeval`]) for every granted node; one that denies it, or
+//!   that the evaluator cannot follow, stops the grant with [`Error::CgroupAncestorDenies`]
+//!   before anything is changed.
 //!   On a hybrid host the same is done for any device program on the unified hierarchy (runc and
 //!   systemd attach none there, but one would AND-deny).
 //!
@@ -28,8 +33,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::Mode;
-use nvhook_sys as sys;
+use nvhook_sys::{self as sys, BpfInsn};
 
+use super::bpfeval::{self, Verdict};
 use super::bpfprog;
 use crate::error::Error;
 use crate::plan::DeviceRule;
@@ -279,14 +285,91 @@ impl DeviceCgroup {
         if rules.is_empty() {
             return Ok(());
         }
+        // Refuse before anything changes: an ancestor that would deny is never widened.
+        if let Some(d) = self.ancestor_denial(rules)? {
+            return Err(d.into_error(self.v2.first().map(|(_, p)| p.clone())));
+        }
         if let Some((fd, path)) = &self.v1 {
             grant_v1(fd, path, rules)?;
         }
-        for (fd, path) in &self.v2 {
-            grant_v2_level(fd, path, rules, self.hybrid)?;
+        if let Some((fd, path)) = self.v2.first() {
+            grant_v2_leaf(fd, path, rules, self.hybrid)?;
         }
         Ok(())
     }
+
+    /// The nearest ancestor device program (above the container's own cgroup) that would not
+    /// let the container use one of `rules`' nodes, read from the kernel. `None`: every
+    /// ancestor allows them all, so extending the leaf's programs is enough.
+    pub fn ancestor_denial(&self, rules: &[DeviceRule]) -> Result<Option<AncestorDenial>, Error> {
+        let mut levels = Vec::new();
+        for (fd, path) in self.v2.iter().skip(1) {
+            let progs = level_programs(fd, path, rules, self.hybrid)?
+                .programs
+                .into_iter()
+                .map(|p| (p.id, p.insns))
+                .collect();
+            levels.push((path.clone(), progs));
+        }
+        Ok(ancestor_denial(&levels, rules))
+    }
+}
+
+/// An ancestor cgroup whose device program denies (or may deny) a node granted to the
+/// container. A distinct outcome so that a caller can act on it (e.g. when the ancestor is the
+/// container's own systemd unit, ask systemd for the rule) instead of failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AncestorDenial {
+    /// The ancestor cgroup's directory.
+    pub ancestor: PathBuf,
+    /// The kernel's id of its program.
+    pub program: u32,
+    /// The node it does not allow.
+    pub device: DeviceRule,
+    /// "denies", or "may deny (why the evaluator could not follow it)".
+    pub reason: String,
+}
+
+impl AncestorDenial {
+    /// The typed error that stops the start, naming the container's cgroup `container`.
+    pub fn into_error(self, container: Option<PathBuf>) -> Error {
+        Error::CgroupAncestorDenies {
+            container: container.unwrap_or_default(),
+            ancestor: self.ancestor,
+            device: self.device.to_string(),
+            program: self.program,
+            reason: self.reason,
+        }
+    }
+}
+
+/// One ancestor cgroup: its directory and its device programs (kernel id, instructions).
+pub type AncestorPrograms = (PathBuf, Vec<(u32, Vec<BpfInsn>)>);
+
+/// The first program, nearest level first, that does not allow every rule's node for reading
+/// and writing (pure). `levels`: each ancestor's directory with its programs (id, instructions).
+pub fn ancestor_denial(
+    levels: &[AncestorPrograms],
+    rules: &[DeviceRule],
+) -> Option<AncestorDenial> {
+    for (path, programs) in levels {
+        for (id, insns) in programs {
+            for r in rules {
+                let reason = match bpfeval::decide(insns, r) {
+                    Verdict::Allow => continue,
+                    Verdict::Deny => "denies".to_owned(),
+                    Verdict::Unknown(why) => format!("may deny (it could not be evaluated: {why})"),
+                };
+                return Some(AncestorDenial {
+                    ancestor: path.clone(),
+                    program: *id,
+                    device: *r,
+                    reason,
+                });
+            }
+        }
+    }
+    None
 }
 
 fn grant_v1(dir: &OwnedFd, path: &Path, rules: &[DeviceRule]) -> Result<(), Error> {
@@ -317,13 +400,21 @@ fn grant_v1(dir: &OwnedFd, path: &Path, rules: &[DeviceRule]) -> Result<(), Erro
     Ok(())
 }
 
-fn grant_v2_level(
-    dir: &OwnedFd,
-    path: &Path,
-    rules: &[DeviceRule],
-    hybrid: bool,
-) -> Result<(), Error> {
-    let err = |reason: String| Error::Cgroup {
+/// A device program attached to one cgroup, read back from the kernel.
+struct Program {
+    id: u32,
+    fd: OwnedFd,
+    insns: Vec<BpfInsn>,
+}
+
+/// The device programs attached to one cgroup, with their attach flags.
+struct Level {
+    flags: u32,
+    programs: Vec<Program>,
+}
+
+fn cgroup_err(path: &Path, rules: &[DeviceRule], reason: String) -> Error {
+    Error::Cgroup {
         path: path.to_owned(),
         device: rules
             .iter()
@@ -331,30 +422,61 @@ fn grant_v2_level(
             .collect::<Vec<_>>()
             .join(", "),
         reason,
-    };
+    }
+}
+
+/// Read the device programs attached to `dir` (none: nothing restricts there).
+fn level_programs(
+    dir: &OwnedFd,
+    path: &Path,
+    rules: &[DeviceRule],
+    hybrid: bool,
+) -> Result<Level, Error> {
+    let err = |reason: String| cgroup_err(path, rules, reason);
     let (flags, ids) = match sys::prog_query(dir.as_fd(), sys::BPF_CGROUP_DEVICE) {
         Ok(q) => q,
         // No program can be attached (e.g. a kernel without CONFIG_CGROUP_BPF): nothing restricts.
-        Err(e) if e.raw_os_error() == Some(libc_einval()) && hybrid => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc_einval()) && hybrid => {
+            return Ok(Level {
+                flags: 0,
+                programs: Vec::new(),
+            });
+        }
         Err(e) => return Err(err(format!("BPF_PROG_QUERY failed: {e}"))),
     };
+    let mut programs = Vec::new();
     for id in ids {
-        let old = match sys::prog_get_fd_by_id(id) {
+        let fd = match sys::prog_get_fd_by_id(id) {
             Ok(fd) => fd,
             // Detached between query and open: nothing to extend.
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => continue,
             Err(e) => return Err(err(format!("cannot open device program {id}: {e}"))),
         };
-        let (ptype, insns) = sys::prog_xlated_insns(old.as_fd())
+        let (ptype, insns) = sys::prog_xlated_insns(fd.as_fd())
             .map_err(|e| err(format!("cannot read device program {id}: {e}")))?;
         if ptype != sys::BPF_PROG_TYPE_CGROUP_DEVICE {
             continue;
         }
-        if insns.is_empty() || insns.iter().all(|i| *i == nvhook_sys::BpfInsn::default()) {
+        if insns.is_empty() || insns.iter().all(|i| *i == BpfInsn::default()) {
             return Err(err(format!(
                 "the kernel did not return device program {id}'s instructions (net.core.bpf_jit_harden=2?); set no-cgroups and grant devices another way"
             )));
         }
+        programs.push(Program { id, fd, insns });
+    }
+    Ok(Level { flags, programs })
+}
+
+/// Extend every device program of the container's own cgroup with allow blocks for `rules`.
+fn grant_v2_leaf(
+    dir: &OwnedFd,
+    path: &Path,
+    rules: &[DeviceRule],
+    hybrid: bool,
+) -> Result<(), Error> {
+    let err = |reason: String| cgroup_err(path, rules, reason);
+    let level = level_programs(dir, path, rules, hybrid)?;
+    for Program { id, fd: old, insns } in level.programs {
         if bpfprog::already_allows(rules, &insns) {
             log::debug!(
                 "cgroup {}: program {id} already allows the devices",
@@ -365,7 +487,7 @@ fn grant_v2_level(
         let new = bpfprog::prepend_allow(rules, &insns);
         let new_fd = sys::prog_load_cgroup_device(&new, "GPL")
             .map_err(|e| err(format!("cannot load the extended device program: {e}")))?;
-        attach_in_place(dir, &new_fd, &old, flags)
+        attach_in_place(dir, &new_fd, &old, level.flags)
             .map_err(|e| err(format!("cannot swap device program {id}: {e}")))?;
         log::debug!(
             "cgroup {}: program {id} extended ({} -> {} insns)",
@@ -440,6 +562,67 @@ mod tests {
             parse_proc_cgroup("garbage\n3:cpu,devices:/a\n"),
             (Some("/a".into()), None)
         );
+    }
+
+    #[test]
+    fn ancestor_denial_names_the_nearest_program_that_does_not_allow() {
+        use crate::devnode::NodeType;
+        let dev = |major, minor| DeviceRule {
+            kind: NodeType::Char,
+            major,
+            minor,
+        };
+        let (gpu, fuse) = (dev(195, 0), dev(10, 229));
+        let allows = bpfprog::allow_only(&[gpu, fuse]);
+        let denies_gpu = bpfprog::allow_only(&[fuse]);
+        let lvl = |p: &str, progs: Vec<(u32, Vec<BpfInsn>)>| (PathBuf::from(p), progs);
+        assert_eq!(ancestor_denial(&[], &[gpu]), None);
+        assert_eq!(
+            ancestor_denial(
+                &[lvl("/cg/a", vec![(7, allows.clone())]), lvl("/cg", vec![])],
+                &[gpu, fuse]
+            ),
+            None
+        );
+        let d = ancestor_denial(
+            &[
+                lvl("/cg/a", vec![(7, allows.clone())]),
+                lvl("/cg", vec![(8, allows.clone()), (9, denies_gpu.clone())]),
+                lvl("/", vec![(10, denies_gpu)]),
+            ],
+            &[fuse, gpu],
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            AncestorDenial {
+                ancestor: "/cg".into(),
+                program: 9,
+                device: gpu,
+                reason: "denies".into()
+            }
+        );
+        let e = d.into_error(Some("/cg/a/ctr".into())).to_string();
+        for want in ["/cg ", "c 195:0", "program 9", "/cg/a/ctr", "DeviceAllow="] {
+            assert!(e.contains(want), "{want:?} in {e}");
+        }
+        // a program the evaluator cannot follow (a helper call) may deny: refused too
+        let call = vec![
+            nvhook_sys::BpfInsn {
+                code: 0x85,
+                regs: 0,
+                off: 0,
+                imm: 1,
+            },
+            nvhook_sys::BpfInsn {
+                code: 0x95,
+                regs: 0,
+                off: 0,
+                imm: 0,
+            },
+        ];
+        let d = ancestor_denial(&[lvl("/cg", vec![(3, call)])], &[gpu]).unwrap();
+        assert!(d.reason.starts_with("may deny"), "{}", d.reason);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the runtime tears the container down. What nvhook changed lives only in the container: mounts
 //! in its mount namespace, files in its rootfs, rules in its cgroup; nothing on the host.
 
+pub mod bpfeval;
 pub mod bpfprog;
 pub mod cgroup;
 pub mod namespace;
