@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod bounded;
 pub mod cdi;
 pub mod class;
 pub mod config;

@@ -10,6 +10,7 @@
 //! rename. Everything after that works on the returned descriptor (`*at` calls, `move_mount`),
 //! so a swap after the lookup changes nothing: the descriptor still names the inode we checked.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
@@ -43,6 +44,16 @@ pub enum RootfsError {
     },
     #[error("{path} inside the container rootfs is larger than {limit} bytes")]
     TooLarge { path: String, limit: u64 },
+    #[error(
+        "{path} inside the container rootfs lies on {mount_point}, a mount with shared propagation (shared:{peer_group}): a mount attached there would propagate out of the container (to the host or other containers), so nvhook refuses; mount that volume rprivate or rslave, or keep the image's directories out of it"
+    )]
+    SharedMount {
+        path: String,
+        mount_point: String,
+        peer_group: String,
+    },
+    #[error("cannot tell the propagation of the mount under {path}: {reason}")]
+    MountTable { path: String, reason: String },
 }
 
 type Result<T> = std::result::Result<T, RootfsError>;
@@ -55,6 +66,48 @@ const EAGAIN_RETRIES: usize = 32;
 pub struct Rootfs {
     fd: OwnedFd,
     path: PathBuf,
+    /// This mount namespace's mounts by id, read when first needed (and again for an id it
+    /// does not hold yet, a mount made since).
+    mounts: std::sync::Mutex<HashMap<u64, MountEntry>>,
+}
+
+/// The largest `/proc/thread-self/mountinfo` read (a host with tens of thousands of mounts
+/// stays far below it).
+pub const MAX_MOUNTINFO: u64 = 16 << 20;
+
+/// One mount of a mountinfo table: where it is, and its shared peer group if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_point: String,
+    /// `shared:N`: mounts attached under it are copied to every peer (and their slaves).
+    pub shared: Option<String>,
+}
+
+/// Mount id -> entry, from mountinfo text (pure). Lines that do not parse are skipped.
+pub fn parse_mount_table(text: &str) -> HashMap<u64, MountEntry> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some((pre, _)) = line.split_once(" - ") else {
+            continue;
+        };
+        let f: Vec<&str> = pre.split(' ').collect();
+        let (Some(id), Some(mp)) = (f.first().and_then(|i| i.parse().ok()), f.get(4)) else {
+            continue;
+        };
+        let shared = f
+            .iter()
+            .skip(6)
+            .find_map(|t| t.strip_prefix("shared:"))
+            .map(str::to_owned);
+        out.insert(
+            id,
+            MountEntry {
+                mount_point: (*mp).to_owned(),
+                shared,
+            },
+        );
+    }
+    out
 }
 
 /// The path, in the current mount namespace, of what `fd` refers to.
@@ -133,7 +186,52 @@ impl Rootfs {
         Ok(Rootfs {
             fd,
             path: path.to_owned(),
+            mounts: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Refuse when `fd` lies on a mount with shared propagation: a mount attached there would
+    /// be copied to the mount's peers, outside the container (issue 16: a user volume mounted
+    /// `rshared`, with an image directory symlinked into it, sent nvhook's mounts to the host).
+    /// `path` is the container path, for the message. Reads this thread's mount namespace.
+    pub fn refuse_shared_mount(&self, fd: BorrowedFd<'_>, path: &str) -> Result<()> {
+        let table_err = |reason: String| RootfsError::MountTable {
+            path: path.to_owned(),
+            reason,
+        };
+        let id = nvhook_sys::mount_id(fd).map_err(|e| table_err(format!("statx: {e}")))?;
+        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        if !mounts.contains_key(&id) {
+            const MOUNTINFO: &str = "/proc/thread-self/mountinfo";
+            let text = crate::bounded::read_to_string(Path::new(MOUNTINFO), MAX_MOUNTINFO)
+                .map_err(|e| table_err(format!("{MOUNTINFO}: {e}")))?;
+            *mounts = parse_mount_table(&text);
+        }
+        let Some(m) = mounts.get(&id) else {
+            return Err(table_err(format!(
+                "mount {id} is not in this namespace's mountinfo"
+            )));
+        };
+        match &m.shared {
+            Some(peer_group) => Err(RootfsError::SharedMount {
+                path: path.to_owned(),
+                mount_point: m.mount_point.clone(),
+                peer_group: peer_group.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Before a mount point is created: the deepest existing directory on the way to `path`
+    /// must not lie on a shared mount, so that nothing is created in such a mount either.
+    pub fn refuse_shared_ancestor(&self, path: &str) -> Result<()> {
+        let comps = components(path)?;
+        for n in (0..=comps.len()).rev() {
+            if let Ok(fd) = self.openat2_in_root(&comps[..n].join("/"), OFlag::O_PATH) {
+                return self.refuse_shared_mount(fd.as_fd(), path);
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -697,6 +795,24 @@ mod tests {
             std::fs::read(root.join("lib/libnvidia-ml.so.1")).unwrap(),
             b"image's own"
         );
+    }
+
+    #[test]
+    fn mount_table_tells_shared_mounts() {
+        let t = parse_mount_table(
+            "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+             40 22 8:1 /vol /vol rw shared:7 master:1 - ext4 /dev/sda1 rw\n\
+             41 22 0:5 / /dev rw master:3 - tmpfs tmpfs rw\n\
+             42 22 0:6 / /proc rw - proc proc rw\n\
+             garbage\n\
+             x 22 0:6 / /y rw - proc proc rw\n",
+        );
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[&22].shared.as_deref(), Some("1"));
+        assert_eq!(t[&40].shared.as_deref(), Some("7"));
+        assert_eq!(t[&40].mount_point, "/vol");
+        assert_eq!(t[&41].shared, None, "a slave receives, it does not send");
+        assert_eq!(t[&42].shared, None);
     }
 
     #[test]

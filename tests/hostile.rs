@@ -173,6 +173,31 @@ fn drop_mount(root: &Path, dest: &str) {
     });
 }
 
+/// A user volume with shared propagation: `<bundle>/vol`, made a shared mount on the host (a
+/// host directory of a shared mount, as on systemd hosts), mounted at `/vol` with `rbind,rshared`
+/// under `rootfsPropagation: rshared` (what docker sets when a volume is shared). The image's
+/// `rel` moves into the volume as `name` and becomes a symlink to `/vol/<name>`, so nvhook's
+/// mount targets there lie in the shared volume: a mount attached there reaches the host.
+fn shared_volume(root: &Path, rel: &str, name: &str) {
+    let bundle = root.parent().unwrap();
+    let vol = bundle.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::rename(root.join(rel), vol.join(name)).unwrap();
+    link(root, rel, &format!("/vol/{name}"));
+    let v = vol.display();
+    sh(&format!("mount --bind {v} {v} && mount --make-shared {v}"));
+    let vol = vol.to_string_lossy().into_owned();
+    edit_config(root, |c| {
+        c["linux"]["rootfsPropagation"] = "rshared".into();
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "source": vol,
+            "destination": "/vol",
+            "type": "bind",
+            "options": ["rbind", "rshared", "rw"],
+        }));
+    });
+}
+
 /// The toolkit's other route to a GPU: `/dev/null` mounted at
 /// `/var/run/nvidia-container-devices/0`, under a host config that accepts such mounts and
 /// ignores the variable for unprivileged containers; `var` is added to the environment. The
@@ -927,6 +952,22 @@ fn cases() -> Vec<Case> {
                 "GCONV_PATH=/tmp/nvhook-hostile-pwned",
             ],
             expect: Expect::Starts,
+            ..BASE
+        },
+        Case {
+            name: "usr/bin in a user volume mounted rshared (docker's rootfsPropagation)",
+            setup: |r| shared_volume(r, "usr/bin", "bin"),
+            env: GPU,
+            expect: Expect::Refused,
+            says: "shared propagation",
+            ..BASE
+        },
+        Case {
+            name: "multiarch dir in a user volume mounted rshared",
+            setup: |r| shared_volume(r, T, "lib"),
+            env: GPU,
+            expect: Expect::Refused,
+            says: "shared propagation",
             ..BASE
         },
         Case {

@@ -62,11 +62,16 @@ fn bind(
         .ok_or_else(|| merr(std::io::Error::from_raw_os_error(nix::libc::EINVAL)))?;
     let tree = sys::open_tree_clone(src).map_err(merr)?;
     sys::mount_setattr(tree.as_fd(), attr_bits(flags)).map_err(merr)?;
+    // A mount attached under a mount with shared propagation is copied to its peers, outside
+    // the container: refused before the mount point is created, and again on the descriptor
+    // the mount is attached to (a racer may have swapped a component in between).
+    rootfs.refuse_shared_ancestor(target)?;
     let point = if dir {
         rootfs.mount_point_dir(target)?
     } else {
         rootfs.mount_point_file(target)?
     };
+    rootfs.refuse_shared_mount(point.as_fd(), target)?;
     sys::move_mount(tree.as_fd(), point.as_fd()).map_err(merr)
 }
 
@@ -129,6 +134,7 @@ pub fn tmpfs_dirs(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
                 continue;
             }
         }
+        rootfs.refuse_shared_mount(target.as_fd(), &t.target)?;
         tmpfs_dir(t, &target).map_err(|e| Error::Mount {
             source_path: "tmpfs".into(),
             target: t.target.clone(),

@@ -52,6 +52,29 @@ pub fn open_tree_clone(path: &str) -> io::Result<OwnedFd> {
     })
 }
 
+/// The id of the mount `fd` lies on (`statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID)`, Linux 5.8),
+/// the number that starts its line in `/proc/<pid>/mountinfo`. Works on `O_PATH` descriptors.
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: an all-zero statx is a valid value of this plain C struct.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a static NUL-terminated empty string, `st` is a live, writable statx
+    // owned by this frame for the whole call.
+    let ret = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    cvt(ret as libc::c_long)?;
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    Ok(st.stx_mnt_id)
+}
+
 #[repr(C)]
 struct MountAttr {
     attr_set: u64,

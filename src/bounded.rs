@@ -1,0 +1,53 @@
+//! Reading files with a size limit.
+//!
+//! Every file nvhook reads is bounded (issue 16: a crafted 64 MiB image `ld.so.cache` drove
+//! the hook to ~700 MiB of memory, outside the container's memory limit). A file over its
+//! limit is an error that says so; callers wrap it with the path and what to do.
+
+use std::io::Read;
+use std::path::Path;
+
+/// The error for a file over `limit` bytes.
+pub fn too_large(limit: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("larger than {limit} bytes, the most nvhook reads from it"),
+    )
+}
+
+/// Read at most `limit` bytes from `r`; more is an error.
+pub fn read_to_end(r: impl Read, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    r.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(too_large(limit));
+    }
+    Ok(buf)
+}
+
+/// The whole of `path`, at most `limit` bytes.
+pub fn read(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    read_to_end(std::fs::File::open(path)?, limit)
+}
+
+/// The whole of `path` as UTF-8 text, at most `limit` bytes.
+pub fn read_to_string(path: &Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read(path, limit)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_exact() {
+        assert_eq!(read_to_end(&b"abcd"[..], 4).unwrap(), b"abcd");
+        let e = read_to_end(&b"abcde"[..], 4).unwrap_err();
+        assert!(e.to_string().contains("larger than 4 bytes"), "{e}");
+        assert!(
+            read_to_end(std::io::repeat(0), 1 << 20).is_err(),
+            "an endless file stops"
+        );
+    }
+}
