@@ -7,6 +7,14 @@
 use std::io::Read;
 use std::path::Path;
 
+/// The most read from a small text file of the kernel (`/proc/driver/nvidia/*`, a capability's
+/// `access`, `uid_map`, `/proc/<pid>/cgroup`, `cmdline`, `status`, a `/sys` parameter): real ones
+/// are a few KiB. The proc root comes from the config, so a fake tree may stand in for the kernel.
+pub const PROC_TEXT: u64 = 1 << 20;
+
+/// The most read from a `mountinfo` (a host with tens of thousands of mounts stays far below).
+pub const MOUNTINFO: u64 = 16 << 20;
+
 /// The error for a file over `limit` bytes.
 pub fn too_large(limit: u64) -> std::io::Error {
     std::io::Error::new(

@@ -137,13 +137,9 @@ impl Config {
     }
 }
 
+/// The config file's text; over [`MAX_CONFIG_SIZE`] is an error (it was silently cut there).
 fn read_bounded(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut s = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_CONFIG_SIZE)
-        .read_to_string(&mut s)?;
-    Ok(s)
+    crate::bounded::read_to_string(path, MAX_CONFIG_SIZE)
 }
 
 #[cfg(test)]

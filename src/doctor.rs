@@ -220,7 +220,9 @@ fn driver(f: &mut Findings, c: &Config) -> Option<String> {
 
 /// The majors /proc/devices gives the driver's character devices.
 fn proc_majors(proc_root: &Path, names: &[&str]) -> Vec<u64> {
-    let text = std::fs::read_to_string(proc_root.join("devices")).unwrap_or_default();
+    let text =
+        crate::bounded::read_to_string(&proc_root.join("devices"), crate::bounded::PROC_TEXT)
+            .unwrap_or_default();
     parse_proc_devices(&text, names)
 }
 
@@ -367,7 +369,8 @@ fn hooks(f: &mut Findings, dirs: &[&str]) {
                 continue;
             }
             masked.push(name);
-            let Ok(text) = std::fs::read_to_string(&p) else {
+            // a hooks.d registration: a few hundred bytes
+            let Ok(text) = crate::bounded::read_to_string(&p, crate::bounded::PROC_TEXT) else {
                 continue;
             };
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {

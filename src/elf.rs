@@ -161,7 +161,8 @@ fn read_from<S: Source + ?Sized>(file: &S) -> Result<ElfInfo, ElfError> {
         (r.word(&ident, 28), u16_at(&ident, 42), u16_at(&ident, 44))
     };
     let min_ph = if wide { 56 } else { 32 };
-    if (phentsize as usize) < min_ph || phnum > 512 {
+    // phentsize is 56 (32 for ELFCLASS32): a larger one, times 512 headers, was up to 32 MiB read
+    if (phentsize as usize) < min_ph || phentsize > 256 || phnum > 512 {
         return Err(ElfError::Malformed("program headers"));
     }
     let ph = r.bytes(phoff, phentsize as usize * phnum as usize)?;
@@ -260,7 +261,13 @@ fn note_from<S: Source + ?Sized>(file: &S) -> Option<String> {
             u16_at(&h, 50) as usize,
         )
     };
-    if shnum == 0 || shnum > 4096 || shentsize < if wide { 64 } else { 40 } || shstrndx >= shnum {
+    // shentsize is 64 (40): a larger one, times 4096 sections, was up to 256 MiB read
+    if shnum == 0
+        || shnum > 4096
+        || shentsize < if wide { 64 } else { 40 }
+        || shentsize > 256
+        || shstrndx >= shnum
+    {
         return None;
     }
     let sh = r.bytes(shoff, shentsize * shnum).ok()?;

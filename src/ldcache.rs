@@ -37,13 +37,19 @@ const EXT_TAG_GLIBC_HWCAPS: u32 = 1;
 /// Bit 62 of `hwcap` marks an entry that lives in a glibc-hwcaps subdirectory; the low 32 bits are
 /// then an index into the glibc-hwcaps extension.
 const HWCAP_EXTENSION: u64 = 1 << 62;
-/// Refuse caches larger than this: the biggest real ones are a few MiB.
-pub const MAX_CACHE_SIZE: usize = 64 << 20;
+/// Refuse caches larger than this. A real cache takes about 64 bytes per library (this host's:
+/// 541 libraries, 35 KB); 8 MiB is over 100,000 libraries. Issue 16: a crafted 64 MiB cache
+/// (the old limit) of 2.8 million entries drove the hook to 600-700 MiB.
+pub const MAX_CACHE_SIZE: usize = 8 << 20;
+/// Refuse caches with more entries than this (a distribution with every library package
+/// installed has about 10,000); bounds the decoded entries whatever the file's size.
+pub const MAX_ENTRIES: usize = 65_536;
 /// The longest name read: a path ld.so could open is shorter (PATH_MAX).
 pub const MAX_NAME_LEN: usize = 4096;
 /// Every entry of a hostile cache can point at the same long string: the names read are bounded
-/// by this many times the file's size (real caches decode to less than twice their size).
-pub const MAX_NAMES_FACTOR: usize = 4;
+/// by this many times the file's size (real caches decode to less than their size: this host's
+/// 35 KB cache to 30 KB of names, as ldconfig stores each soname inside its path).
+pub const MAX_NAMES_FACTOR: usize = 2;
 /// ... plus this much, for tiny files.
 pub const MAX_NAMES_SLACK: usize = 64 << 10;
 
@@ -72,10 +78,23 @@ pub enum LdCacheError {
     TooLarge,
     #[error("a name contains a NUL byte")]
     NulInName,
+    #[error("it has {0} entries, more than the {MAX_ENTRIES} nvhook reads")]
+    TooManyEntries(usize),
     #[error(
         "its names add up to more than {MAX_NAMES_FACTOR} times its size (entries share one string)"
     )]
     NamesTooLarge,
+}
+
+impl LdCacheError {
+    /// Over one of nvhook's limits (size, entries, decoded names), as opposed to a format ld.so
+    /// itself would not read: such a cache may well be in use, so it must not be replaced.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            LdCacheError::TooLarge | LdCacheError::NamesTooLarge | LdCacheError::TooManyEntries(_)
+        )
+    }
 }
 
 /// One library in the cache.
@@ -200,6 +219,9 @@ impl LdCache {
         strings: usize,
         keep: &impl Fn(&[u8]) -> bool,
     ) -> Result<Self, LdCacheError> {
+        if nlibs > MAX_ENTRIES {
+            return Err(LdCacheError::TooManyEntries(nlibs));
+        }
         let mut entries = Vec::with_capacity(nlibs);
         let mut budget = names_budget(buf.len());
         for i in 0..nlibs {
@@ -241,6 +263,11 @@ impl LdCache {
             .checked_mul(NEW_ENTRY_LEN)
             .filter(|n| base + NEW_HEADER_LEN + n <= buf.len())
             .ok_or(LdCacheError::Truncated("entries"))?;
+        // after the truncation check: a count the file cannot hold is a broken file (ld.so
+        // ignores it), one it holds is over nvhook's limit
+        if nlibs > MAX_ENTRIES {
+            return Err(LdCacheError::TooManyEntries(nlibs));
+        }
         let mut entries = Vec::with_capacity(entries_len / NEW_ENTRY_LEN);
         let mut budget = names_budget(buf.len());
         for i in 0..nlibs {
@@ -381,15 +408,16 @@ impl LdCache {
     }
 }
 
-/// Deduplicating NUL-terminated string table.
+/// Deduplicating NUL-terminated string table. The index borrows the names (no second copy of
+/// every name while the file is built).
 #[derive(Default)]
-struct StringTable {
+struct StringTable<'a> {
     bytes: Vec<u8>,
-    index: std::collections::HashMap<String, u32>,
+    index: std::collections::HashMap<&'a str, u32>,
 }
 
-impl StringTable {
-    fn add(&mut self, s: &str) -> Result<u32, LdCacheError> {
+impl<'a> StringTable<'a> {
+    fn add(&mut self, s: &'a str) -> Result<u32, LdCacheError> {
         if s.as_bytes().contains(&0) {
             return Err(LdCacheError::NulInName);
         }
@@ -399,7 +427,7 @@ impl StringTable {
         let off = self.bytes.len() as u32;
         self.bytes.extend_from_slice(s.as_bytes());
         self.bytes.push(0);
-        self.index.insert(s.to_owned(), off);
+        self.index.insert(s, off);
         Ok(off)
     }
 }
@@ -563,6 +591,45 @@ mod tests {
         for n in 0..bytes.len() {
             let _ = LdCache::parse(&bytes[..n]);
         }
+    }
+
+    /// Issue 16: a valid cache of millions of tiny entries decoded to 600-700 MiB; the entry
+    /// count is refused from the header, before anything is allocated for it, and every limit
+    /// error tells the caller not to replace the image's cache.
+    #[test]
+    fn entry_count_and_size_are_bounded() {
+        let header = |n: u32| {
+            let mut b = NEW_MAGIC.to_vec();
+            b.extend_from_slice(&n.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.push(2);
+            b.resize(NEW_HEADER_LEN, 0);
+            b
+        };
+        let mut b = header((MAX_ENTRIES + 1) as u32);
+        b.resize(NEW_HEADER_LEN + (MAX_ENTRIES + 1) * NEW_ENTRY_LEN, 0);
+        let e = LdCache::parse(&b).unwrap_err();
+        assert_eq!(e, LdCacheError::TooManyEntries(MAX_ENTRIES + 1));
+        assert!(e.is_limit());
+        // the old format's count too (a file that holds them; one that does not is truncated)
+        let mut old = OLD_MAGIC.to_vec();
+        old.resize(12, 0);
+        old.extend_from_slice(&((MAX_ENTRIES + 1) as u32).to_le_bytes());
+        let mut short = old.clone();
+        old.resize(OLD_HEADER_LEN + (MAX_ENTRIES + 1) * OLD_ENTRY_LEN, 0);
+        assert!(matches!(
+            LdCache::parse(&old),
+            Err(LdCacheError::TooManyEntries(_))
+        ));
+        short.resize(100, 0);
+        assert!(matches!(
+            LdCache::parse(&short),
+            Err(LdCacheError::Truncated(_))
+        ));
+        assert!(LdCacheError::TooLarge.is_limit() && LdCacheError::NamesTooLarge.is_limit());
+        assert!(!LdCacheError::BadMagic.is_limit() && !LdCacheError::Truncated("x").is_limit());
+        let big = vec![0u8; MAX_CACHE_SIZE + 1];
+        assert_eq!(LdCache::parse(&big), Err(LdCacheError::TooLarge));
     }
 
     /// Found by tests/fuzz.rs: every entry naming one long string (a small file that decodes to

@@ -254,7 +254,10 @@ fn report_to_runtime(msg: &str) {
         // a magic link to the runtime's open stderr: it must be followed
         append(&parent_err, msg, 0);
     }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{ppid}/cmdline")) else {
+    let Ok(cmdline) = nvhook::bounded::read(
+        std::path::Path::new(&format!("/proc/{ppid}/cmdline")),
+        nvhook::bounded::PROC_TEXT,
+    ) else {
         return;
     };
     let args: Vec<String> = cmdline

@@ -71,10 +71,6 @@ pub struct Rootfs {
     mounts: std::sync::Mutex<HashMap<u64, MountEntry>>,
 }
 
-/// The largest `/proc/thread-self/mountinfo` read (a host with tens of thousands of mounts
-/// stays far below it).
-pub const MAX_MOUNTINFO: u64 = 16 << 20;
-
 /// One mount of a mountinfo table: where it is, and its shared peer group if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
@@ -203,8 +199,9 @@ impl Rootfs {
         let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
         if !mounts.contains_key(&id) {
             const MOUNTINFO: &str = "/proc/thread-self/mountinfo";
-            let text = crate::bounded::read_to_string(Path::new(MOUNTINFO), MAX_MOUNTINFO)
-                .map_err(|e| table_err(format!("{MOUNTINFO}: {e}")))?;
+            let text =
+                crate::bounded::read_to_string(Path::new(MOUNTINFO), crate::bounded::MOUNTINFO)
+                    .map_err(|e| table_err(format!("{MOUNTINFO}: {e}")))?;
             *mounts = parse_mount_table(&text);
         }
         let Some(m) = mounts.get(&id) else {

@@ -51,7 +51,11 @@ impl Timer {
 
 /// `VmHWM` (peak resident set of this process's own address space), in KiB.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = crate::bounded::read_to_string(
+        std::path::Path::new("/proc/self/status"),
+        crate::bounded::PROC_TEXT,
+    )
+    .ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

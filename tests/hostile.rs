@@ -173,6 +173,34 @@ fn drop_mount(root: &Path, dest: &str) {
     });
 }
 
+/// Replace the image's `/etc/ld.so.cache` with a valid new-format cache whose entries all name
+/// one string of `name_len` bytes: `entries` of them, or as many as fill `size` bytes.
+fn crafted_cache(root: &Path, size: usize, name_len: usize, entries: usize) {
+    let mut name = b"lib".to_vec();
+    name.resize(name_len, b'a');
+    name.push(0);
+    let n = if entries > 0 {
+        entries
+    } else {
+        (size - 48 - name.len()) / 24
+    };
+    let strings_at = (48 + n * 24) as u32;
+    let mut b = Vec::with_capacity(strings_at as usize + name.len());
+    b.extend_from_slice(b"glibc-ld.so.cache1.1");
+    b.extend_from_slice(&(n as u32).to_le_bytes());
+    b.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    b.extend_from_slice(&[2, 0, 0, 0]); // little endian
+    b.extend_from_slice(&[0; 16]); // no extensions, unused
+    for _ in 0..n {
+        b.extend_from_slice(&0x0303i32.to_le_bytes());
+        b.extend_from_slice(&strings_at.to_le_bytes());
+        b.extend_from_slice(&strings_at.to_le_bytes());
+        b.extend_from_slice(&[0; 12]);
+    }
+    b.extend_from_slice(&name);
+    std::fs::write(root.join("etc/ld.so.cache"), b).unwrap();
+}
+
 /// A user volume with shared propagation: `<bundle>/vol`, made a shared mount on the host (a
 /// host directory of a shared mount, as on systemd hosts), mounted at `/vol` with `rbind,rshared`
 /// under `rootfsPropagation: rshared` (what docker sets when a volume is shared). The image's
@@ -453,6 +481,30 @@ fn cases() -> Vec<Case> {
             },
             env: GPU,
             expect: Expect::Refused,
+            ..BASE
+        },
+        Case {
+            name: "etc/ld.so.cache crafted: 64 MiB, 2.8 million entries (memory bomb)",
+            setup: |r| crafted_cache(r, 64 << 20, 36, 0),
+            env: GPU,
+            expect: Expect::Refused,
+            says: "/etc/ld.so.cache inside the container rootfs is larger than",
+            ..BASE
+        },
+        Case {
+            name: "etc/ld.so.cache crafted: 8 MiB, 349,000 entries",
+            setup: |r| crafted_cache(r, 8 << 20, 36, 0),
+            env: GPU,
+            expect: Expect::Refused,
+            says: "more than the 65536 nvhook reads",
+            ..BASE
+        },
+        Case {
+            name: "etc/ld.so.cache crafted: 65,536 entries naming one 4 KB string",
+            setup: |r| crafted_cache(r, 0, 4000, 65_536),
+            env: GPU,
+            expect: Expect::Refused,
+            says: "its names add up to more than",
             ..BASE
         },
         Case {

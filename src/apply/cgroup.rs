@@ -214,17 +214,21 @@ impl DeviceCgroup {
     /// Find the cgroup of process `pid`. `cgroups_path` (the spec's) is only used in messages.
     pub fn open(pid: i32, cgroups_path: Option<&str>) -> Result<DeviceCgroup, Error> {
         let proc_cgroup = PathBuf::from(format!("/proc/{pid}/cgroup"));
-        let text = std::fs::read_to_string(&proc_cgroup).map_err(|e| Error::CgroupNotFound {
-            reason: format!(
-                "cannot read {}: {e} (spec cgroupsPath: {})",
-                proc_cgroup.display(),
-                cgroups_path.unwrap_or("none")
-            ),
-        })?;
-        let mountinfo =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::CgroupNotFound {
-                reason: format!("cannot read /proc/self/mountinfo: {e}"),
+        let text = crate::bounded::read_to_string(&proc_cgroup, crate::bounded::PROC_TEXT)
+            .map_err(|e| Error::CgroupNotFound {
+                reason: format!(
+                    "cannot read {}: {e} (spec cgroupsPath: {})",
+                    proc_cgroup.display(),
+                    cgroups_path.unwrap_or("none")
+                ),
             })?;
+        let mountinfo = crate::bounded::read_to_string(
+            Path::new("/proc/self/mountinfo"),
+            crate::bounded::MOUNTINFO,
+        )
+        .map_err(|e| Error::CgroupNotFound {
+            reason: format!("cannot read /proc/self/mountinfo: {e}"),
+        })?;
         Self::from_texts(&text, &mountinfo)
     }
 
@@ -276,7 +280,13 @@ impl DeviceCgroup {
                 Mode::empty(),
             )
             .map_err(std::io::Error::from)
-            .and_then(|fd| std::io::read_to_string(std::fs::File::from(fd))),
+            .and_then(|fd| {
+                crate::bounded::read_to_end(std::fs::File::from(fd), crate::bounded::PROC_TEXT)
+            })
+            .and_then(|b| {
+                String::from_utf8(b)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            }),
         )
     }
 

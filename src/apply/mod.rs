@@ -225,11 +225,24 @@ pub fn ldcache(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
     const PATH: &str = "/etc/ld.so.cache";
     let old = rootfs.read_file(PATH, MAX_IMAGE_CACHE);
     let mut cache = match &old {
-        Ok(Some(bytes)) => LdCache::parse(bytes).unwrap_or_else(|e| {
-            // ld.so ignores a cache it cannot read, so the image never used it: start afresh.
-            log::warn!("the image's {PATH} is unreadable ({e}); writing a new one");
-            LdCache::default()
-        }),
+        Ok(Some(bytes)) => match LdCache::parse(bytes) {
+            Ok(c) => c,
+            // Over nvhook's limits (issue 16: a crafted cache as a memory bomb): ld.so may well
+            // read it, so replacing it would break the image; refuse, naming the limit.
+            Err(e) if e.is_limit() => {
+                return Err(Error::LdCacheUpdate {
+                    path: PATH.into(),
+                    reason: format!(
+                        "the image's cache is over nvhook's limits: {e}; rebuild it with the image's ldconfig"
+                    ),
+                });
+            }
+            Err(e) => {
+                // ld.so ignores a cache it cannot read, so the image never used it: start afresh.
+                log::warn!("the image's {PATH} is unreadable ({e}); writing a new one");
+                LdCache::default()
+            }
+        },
         Ok(None) => LdCache::default(),
         Err(e) => {
             return Err(Error::LdCacheUpdate {

@@ -22,7 +22,7 @@
 //!   could not open is an error naming the node, who cannot open it and what to change.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::unistd::{AccessFlags, Gid, Uid};
@@ -46,10 +46,12 @@ impl Privilege {
     /// Read this process's `uid_map` and capabilities. Fails when nvhook cannot mount at all.
     pub fn detect() -> Result<Privilege, Error> {
         let read = |p: &str| {
-            std::fs::read_to_string(p).map_err(|e| Error::Rootless {
-                what: p.to_owned(),
-                reason: format!("cannot read it: {e}"),
-                hint: "nvhook needs /proc mounted".into(),
+            crate::bounded::read_to_string(Path::new(p), crate::bounded::PROC_TEXT).map_err(|e| {
+                Error::Rootless {
+                    what: p.to_owned(),
+                    reason: format!("cannot read it: {e}"),
+                    hint: "nvhook needs /proc mounted".into(),
+                }
             })
         };
         let privilege = from_uid_map(&read("/proc/self/uid_map")?);

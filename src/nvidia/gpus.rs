@@ -117,10 +117,13 @@ pub fn discover(proc_root: &Path) -> Result<Vec<Gpu>, Error> {
         })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path: PathBuf = entry.path().join("information");
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::NoDriver {
-            path: path.clone(),
-            source,
-        })?;
+        let text =
+            crate::bounded::read_to_string(&path, crate::bounded::PROC_TEXT).map_err(|source| {
+                Error::NoDriver {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         if let Some(gpu) = parse_information(&path, &text, &name)? {
             gpus.push(gpu);
         }
@@ -141,10 +144,13 @@ pub fn number(gpus: &mut [Gpu]) {
 /// `NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build ...`.
 pub fn driver_version(proc_root: &Path) -> Result<String, Error> {
     let path = proc_root.join("driver/nvidia/version");
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::NoDriver {
-        path: path.clone(),
-        source,
-    })?;
+    let text =
+        crate::bounded::read_to_string(&path, crate::bounded::PROC_TEXT).map_err(|source| {
+            Error::NoDriver {
+                path: path.clone(),
+                source,
+            }
+        })?;
     parse_version(&text).ok_or_else(|| Error::ProcParse {
         path,
         reason: "no \"NVRM version\" line with a version number".into(),
@@ -269,7 +275,9 @@ pub fn driver_files(proc_root: &Path) -> DriverFiles {
     let dir = proc_root.join("driver/nvidia");
     let mut files = Vec::new();
     for name in ["version", "registry", "params"] {
-        let Ok(mut text) = std::fs::read_to_string(dir.join(name)) else {
+        let Ok(mut text) =
+            crate::bounded::read_to_string(&dir.join(name), crate::bounded::PROC_TEXT)
+        else {
             continue;
         };
         if name == "params" {

@@ -286,9 +286,10 @@ impl DriverRoot {
     pub fn find_firmware(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<String> = Vec::new();
         if self.root_path == Path::new("/") {
-            if let Ok(custom) =
-                std::fs::read_to_string("/sys/module/firmware_class/parameters/path")
-            {
+            if let Ok(custom) = crate::bounded::read_to_string(
+                Path::new("/sys/module/firmware_class/parameters/path"),
+                crate::bounded::PROC_TEXT,
+            ) {
                 let custom = custom.trim();
                 if !custom.is_empty() {
                     dirs.push(custom.to_owned());

@@ -64,9 +64,11 @@ pub fn parse_cap_minor(text: &str) -> Option<u32> {
 
 /// The `DeviceFileMinor` of a capability `access` file.
 fn cap_minor(access: &Path) -> Result<u32, Error> {
-    let text = std::fs::read_to_string(access).map_err(|e| Error::ProcParse {
-        path: access.to_owned(),
-        reason: e.to_string(),
+    let text = crate::bounded::read_to_string(access, crate::bounded::PROC_TEXT).map_err(|e| {
+        Error::ProcParse {
+            path: access.to_owned(),
+            reason: e.to_string(),
+        }
     })?;
     parse_cap_minor(&text).ok_or_else(|| Error::ProcParse {
         path: access.to_owned(),
