@@ -17,7 +17,6 @@
 
 use nvhook_sys::BpfInsn;
 
-use crate::devnode::NodeType;
 use crate::plan::DeviceRule;
 
 /// `access` bits of the context (`BPF_DEVCG_ACC_*`).
@@ -91,14 +90,8 @@ pub fn evaluate(insns: &[BpfInsn], ty: u32, access: u32, major: u32, minor: u32)
             CLASS_ALU | CLASS_ALU64 => {
                 let wide = class == CLASS_ALU64;
                 let op = i.code & 0xf0;
-                let rhs = if i.code & SRC_X != 0 {
-                    match r[src] {
-                        Reg::Scalar(v) => v,
-                        _ => return unknown("an ALU source that is not a number"),
-                    }
-                } else {
-                    // a 64-bit operation sign-extends the immediate
-                    i.imm as i64 as u64
+                let Some(rhs) = operand(&i, &r) else {
+                    return unknown("an ALU source that is not a number");
                 };
                 if dst == 10 {
                     return unknown("a write to the frame pointer");
@@ -135,13 +128,8 @@ pub fn evaluate(insns: &[BpfInsn], ty: u32, access: u32, major: u32, minor: u32)
                 let Reg::Scalar(a) = r[dst] else {
                     return unknown("a comparison of something that is not a number");
                 };
-                let b = if i.code & SRC_X != 0 {
-                    match r[src] {
-                        Reg::Scalar(v) => v,
-                        _ => return unknown("a comparison with something that is not a number"),
-                    }
-                } else {
-                    i.imm as i64 as u64
+                let Some(b) = operand(&i, &r) else {
+                    return unknown("a comparison with something that is not a number");
                 };
                 let (a, b) = if class == CLASS_JMP32 {
                     (a & 0xffff_ffff, b & 0xffff_ffff)
@@ -164,6 +152,19 @@ pub fn evaluate(insns: &[BpfInsn], ty: u32, access: u32, major: u32, minor: u32)
         pc += 1;
     }
     Verdict::Unknown(format!("more than {MAX_STEPS} steps"))
+}
+
+/// The source operand of an ALU or jump instruction: the source register (a number), or the
+/// immediate, sign-extended as the 64-bit forms do (the 32-bit ones use its low half).
+fn operand(i: &BpfInsn, r: &[Reg; 11]) -> Option<u64> {
+    if i.code & SRC_X != 0 {
+        match r[(i.regs >> 4) as usize] {
+            Reg::Scalar(v) => Some(v),
+            _ => None,
+        }
+    } else {
+        Some(i.imm as i64 as u64)
+    }
 }
 
 /// The next pc after a taken jump at `pc` by `off` (relative to the next instruction).
@@ -221,10 +222,7 @@ fn compare(op: u8, a: u64, b: u64, narrow: bool) -> Option<bool> {
 /// allows reading, writing, and both at once (what `open(2)` asks); the first other answer
 /// otherwise. mknod is not asked: nvhook creates the nodes itself, from outside the container.
 pub fn decide(insns: &[BpfInsn], rule: &DeviceRule) -> Verdict {
-    let ty = match rule.kind {
-        NodeType::Block => 1,
-        NodeType::Char => 2,
-    };
+    let ty = super::bpfprog::dev_type(rule.kind) as u32;
     let (Ok(major), Ok(minor)) = (u32::try_from(rule.major), u32::try_from(rule.minor)) else {
         return Verdict::Unknown(format!("device numbers of {rule} beyond 32 bits"));
     };
@@ -240,24 +238,9 @@ pub fn decide(insns: &[BpfInsn], rule: &DeviceRule) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::bpfprog::{allow_only, prepend_allow};
-
-    fn rule(major: u64, minor: u64) -> DeviceRule {
-        DeviceRule {
-            kind: NodeType::Char,
-            major,
-            minor,
-        }
-    }
-
-    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> BpfInsn {
-        BpfInsn {
-            code,
-            regs: (src << 4) | (dst & 0x0f),
-            off,
-            imm,
-        }
-    }
+    use crate::apply::bpfprog::tests::rule;
+    use crate::apply::bpfprog::{allow_only, insn, prepend_allow};
+    use crate::devnode::NodeType;
 
     /// The prologue runc, crun and systemd share: type R2, access R3, major R4, minor R5.
     fn prologue() -> Vec<BpfInsn> {

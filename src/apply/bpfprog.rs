@@ -29,7 +29,7 @@ const R3: u8 = 3;
 const R4: u8 = 4;
 const R5: u8 = 5;
 
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> BpfInsn {
+pub(crate) fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> BpfInsn {
     BpfInsn {
         code,
         regs: (src << 4) | (dst & 0x0f),
@@ -38,7 +38,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> BpfInsn {
     }
 }
 
-fn dev_type(kind: NodeType) -> i32 {
+pub(crate) fn dev_type(kind: NodeType) -> i32 {
     match kind {
         NodeType::Block => 1,
         NodeType::Char => 2,
@@ -113,10 +113,11 @@ pub fn already_allows(rules: &[DeviceRule], insns: &[BpfInsn]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rule(major: u64, minor: u64) -> DeviceRule {
+    /// `c major:minor`
+    pub(crate) fn rule(major: u64, minor: u64) -> DeviceRule {
         DeviceRule {
             kind: NodeType::Char,
             major,

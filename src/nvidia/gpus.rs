@@ -117,19 +117,23 @@ pub fn discover(proc_root: &Path) -> Result<Vec<Gpu>, Error> {
         })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path: PathBuf = entry.path().join("information");
-        let text =
-            crate::bounded::read_to_string(&path, crate::bounded::PROC_TEXT).map_err(|source| {
-                Error::NoDriver {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
+        let text = read_proc(&path)?;
         if let Some(gpu) = parse_information(&path, &text, &name)? {
             gpus.push(gpu);
         }
     }
     number(&mut gpus);
     Ok(gpus)
+}
+
+/// A file of the driver's `/proc` tree, bounded; missing means no driver.
+fn read_proc(path: &Path) -> Result<String, Error> {
+    crate::bounded::read_to_string(path, crate::bounded::PROC_TEXT).map_err(|source| {
+        Error::NoDriver {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Give GPUs nvidia-smi's indexes: sorted by PCI bus id, numbered from 0.
@@ -144,13 +148,7 @@ pub fn number(gpus: &mut [Gpu]) {
 /// `NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build ...`.
 pub fn driver_version(proc_root: &Path) -> Result<String, Error> {
     let path = proc_root.join("driver/nvidia/version");
-    let text =
-        crate::bounded::read_to_string(&path, crate::bounded::PROC_TEXT).map_err(|source| {
-            Error::NoDriver {
-                path: path.clone(),
-                source,
-            }
-        })?;
+    let text = read_proc(&path)?;
     parse_version(&text).ok_or_else(|| Error::ProcParse {
         path,
         reason: "no \"NVRM version\" line with a version number".into(),
