@@ -110,10 +110,12 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     t.mark("cgroup_open");
     // Forked here, single-threaded and still in the host's mount namespace: the child connects to
     // the bus while this process mounts.
-    let mut durable = cgroup
+    let unit = cgroup
         .as_ref()
+        .and_then(|cg| systemd::unit_of(container.cgroups_path.as_deref(), &cg.proc_path));
+    let mut durable = unit
+        .clone()
         .filter(|_| config.systemd_device_grants)
-        .and_then(|cg| systemd::unit_of(container.cgroups_path.as_deref(), &cg.proc_path))
         .and_then(systemd::Pending::start);
     t.mark("systemd_check");
     ns.enter()?;
@@ -142,15 +144,35 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     t.mark("mounts");
     apply::ldcache(&plan, &rootfs)?;
     t.mark("ldcache");
-    if let Some(d) = durable {
-        // systemd first: its program then already allows the nodes and is left as it is
-        let unit = d.unit().to_owned();
-        let ok = d.finish(&plan.cgroup_rules);
-        t.mark("systemd");
-        log::debug!("systemd unit {unit}: durable grant {ok}");
-    }
+    // systemd first, when it confines the container's unit: its program then already allows the
+    // nodes (and is left as it is), and the grant below re-checks every program. That is also how
+    // an ancestor program of the container's own unit (a runtime that nests the container in a
+    // sub-cgroup of its scope) comes to allow them: systemd rebuilds it from DeviceAllow=, nvhook
+    // never widens a program above the container's cgroup.
+    let asked = match durable {
+        Some(d) => {
+            let ok = d.finish(&plan.cgroup_rules);
+            t.mark("systemd");
+            if ok {
+                "recorded"
+            } else {
+                "asked, and it failed (see the warning)"
+            }
+        }
+        None if !config.systemd_device_grants => "not asked: systemd-device-grants = false",
+        None => "not asked: no system bus",
+    };
     if let Some(cg) = &cgroup {
-        cg.grant(&plan.cgroup_rules)?;
+        if let Err(e) = cg.grant(&plan.cgroup_rules) {
+            if let (Error::CgroupAncestorDenies { ancestor, .. }, Some(u)) = (&e, &unit)
+                && ancestor.file_name().is_some_and(|n| *n == **u)
+            {
+                log::warn!(
+                    "the denying program is on the container's own systemd unit {u}; systemd was {asked}"
+                );
+            }
+            return Err(e);
+        }
         log::debug!(
             "granted {} device(s) in {}",
             plan.cgroup_rules.len(),

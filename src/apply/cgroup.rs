@@ -494,6 +494,19 @@ fn grant_v2_leaf(
             );
             continue;
         }
+        // A program that allows them by its own rules (systemd's, rebuilt from the DeviceAllow=
+        // nvhook just recorded: src/apply/systemd.rs) is left as it is: replacing it would leave
+        // systemd a program it can no longer detach at its next re-application.
+        if rules
+            .iter()
+            .all(|r| bpfeval::decide(&insns, r) == Verdict::Allow)
+        {
+            log::debug!(
+                "cgroup {}: program {id} allows the devices by its own rules",
+                path.display()
+            );
+            continue;
+        }
         let new = bpfprog::prepend_allow(rules, &insns);
         let new_fd = sys::prog_load_cgroup_device(&new, "GPL")
             .map_err(|e| err(format!("cannot load the extended device program: {e}")))?;
