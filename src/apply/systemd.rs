@@ -358,7 +358,7 @@ mod tests {
         // a cgroupfs container below some service's scope does not make that scope its unit
         assert_eq!(
             unit_of(
-                Some("system.slice:session:1"),
+                Some("/user.slice/session-1.scope/mine"),
                 "/user.slice/session-1.scope/mine"
             ),
             None
