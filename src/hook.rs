@@ -144,19 +144,21 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     t.mark("mounts");
     apply::ldcache(&plan, &rootfs)?;
     t.mark("ldcache");
-    // systemd first, when it confines the container's unit: its program then already allows the
-    // nodes (and is left as it is), and the grant below re-checks every program. That is also how
-    // an ancestor program of the container's own unit (a runtime that nests the container in a
-    // sub-cgroup of its scope) comes to allow them: systemd rebuilds it from DeviceAllow=, nvhook
-    // never widens a program above the container's cgroup.
+    // systemd's answer, if it came while this process mounted; otherwise the child records the
+    // nodes alone (the container's start does not wait for systemd). Where it came, systemd's
+    // rebuilt program already allows the nodes and the grant below leaves it as it is (it
+    // re-checks every program). That is also how an ancestor program of the container's own unit
+    // (a runtime that nests the container in a sub-cgroup of its scope) comes to allow them:
+    // systemd rebuilds it from DeviceAllow=; nvhook never widens a program above the container's
+    // cgroup.
     let asked = match durable {
         Some(d) => {
-            let ok = d.finish(&plan.cgroup_rules);
+            let answer = d.finish(&plan.cgroup_rules);
             t.mark("systemd");
-            if ok {
-                "recorded"
-            } else {
-                "asked, and it failed (see the warning)"
+            match answer {
+                Some(true) => "recorded",
+                Some(false) => "asked, and it failed (see the warning)",
+                None => "asked, the answer still pending",
             }
         }
         None if !config.systemd_device_grants => "not asked: systemd-device-grants = false",

@@ -118,6 +118,19 @@ fn daemon_reload() {
     sh("systemctl daemon-reload");
 }
 
+/// The unit's `DeviceAllow=` entries once `done` holds for them, or after 6 s (nvhook's child
+/// records the nodes beside the container's start, within 5 s).
+fn device_allow_when(unit: &str, done: impl Fn(&BTreeSet<String>) -> bool) -> BTreeSet<String> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    loop {
+        let a = device_allow(unit);
+        if done(&a) || std::time::Instant::now() > until {
+            return a;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The unit's `DeviceAllow=` entries.
 fn device_allow(unit: &str) -> BTreeSet<String> {
     sh(&format!("systemctl show -p DeviceAllow {unit}"))
@@ -276,7 +289,7 @@ fn podman_daemon_reload() {
         "{nodes:?}"
     );
     let want: BTreeSet<String> = baseline.union(&nodes).cloned().collect();
-    let got = device_allow(&on.unit);
+    let got = device_allow_when(&on.unit, |a| *a == want);
     assert_eq!(got, want, "DeviceAllow of {}", on.unit);
     assert!(
         !got.iter()
@@ -345,7 +358,7 @@ fn oci_run(runtime: &str, on: bool) -> ((String, String), (String, String), Stri
         first.push_str(&line);
         line.clear();
     }
-    let allow = device_allow(&unit);
+    let allow = device_allow_when(&unit, |a| a.iter().any(|e| e.starts_with("/dev/char/1:11")));
     daemon_reload();
     std::fs::write(b.rootfs().join("go"), "").unwrap();
     let mut second = String::new();
@@ -442,6 +455,11 @@ fn reload_storm() {
         .collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = reloads.join().unwrap();
+    // every container's unit lists its GPU (the children record it beside the starts), then one
+    // more reload
+    for c in &ctrs {
+        device_allow_when(&c.unit, |a| a.contains("/dev/char/1:11 rwm"));
+    }
     daemon_reload();
     let mut bad = Vec::new();
     for c in &ctrs {

@@ -13,15 +13,18 @@
 //! such as a node of a driver root), so the grant never depends on the host's node names, and it
 //! is one node, never a whole major.
 //!
-//! The bus call runs in a forked child ([`nvhook_sys::fork_child`]): zbus starts threads, and the
-//! hook must stay single-threaded for `setns(CLONE_NEWNS)`; the child also keeps the host's mount
-//! namespace (the bus socket is a host path) and bounds the call in time: a hung bus or systemd
-//! costs at most [`TIMEOUT`], then the child is killed and the container starts with its direct
-//! grant and a warning. The child is forked before the hook enters the container's namespace and
-//! connects while the hook mounts; it learns the nodes when the plan is made, so the round trip
-//! overlaps the mount work. The hook waits for systemd's answer before it extends any program
-//! itself: systemd then already allows the nodes and its program is left alone (a program of
-//! systemd's that nvhook replaced would be one systemd can no longer detach).
+//! The bus call runs in a forked child ([`nvhook_sys::fork_child_with`]): zbus starts threads, and
+//! the hook must stay single-threaded for `setns(CLONE_NEWNS)`; the child also keeps the host's
+//! mount namespace (the bus socket is a host path). It is forked before the hook enters the
+//! container's namespace, connects and asks whether systemd confines the unit while the hook
+//! mounts, and learns the nodes when the plan is made. The hook does not wait for systemd: if the
+//! answer has come by the time its own work is done, a failure is warned about on its standard
+//! error; otherwise the child finishes alone (its standard streams are /dev/null, so runc does not
+//! wait for it) and logs a failure in nvhook's log file. Either way the child lives at most
+//! [`TIMEOUT`] (`alarm`), so a hung bus or systemd costs nothing but the durability. The container
+//! uses its nodes from the start through the direct grant; systemd's record only has to be in
+//! place before the next daemon-reload (a reload that comes first takes the nodes away until the
+//! record lands, which re-applies the unit with them).
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -35,8 +38,8 @@ use crate::plan::DeviceRule;
 /// systemd host that runs containers (podman, Docker and CRI-O talk to systemd through it).
 pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 
-/// How long the hook waits for systemd's answer. systemd answers in about a millisecond, but a
-/// `daemon-reload` holds its main loop for as long as the reload takes: the call waits behind it.
+/// How long the child may take. systemd answers in about a millisecond, but a `daemon-reload`
+/// holds its main loop for as long as the reload takes: the call waits behind it.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The systemd unit that is the container's own cgroup, or None.
@@ -102,7 +105,12 @@ impl Pending {
             return None;
         }
         let name = unit.clone();
-        match nvhook_sys::fork_child(move |request| child_main(&name, request)) {
+        let child = nvhook_sys::fork_child_with(
+            nvhook_sys::Lifetime::Own(TIMEOUT),
+            move |request| child_main(&name, request),
+            unheard,
+        );
+        match child {
             Ok(child) => Some(Pending { unit, child }),
             Err(e) => {
                 log::warn!("{}", not_durable(&unit, &format!("cannot fork: {e}")));
@@ -127,32 +135,45 @@ impl Pending {
         }
     }
 
-    /// Wait (at most [`TIMEOUT`]) for systemd's answer. A failure is a warning, never an error:
-    /// the container still gets its direct grant, only not durably.
-    pub fn finish(self, rules: &[DeviceRule]) -> bool {
+    /// systemd's answer, if it has come while the hook mounted (the usual case where the
+    /// bus is quick: then a failure is warned about here, on the hook's standard error). If not,
+    /// the child is left to finish alone, bounded by its own [`TIMEOUT`], and warns in nvhook's
+    /// log file on failure: the hook does not hold up the container's start for systemd (its
+    /// direct grant already lets the container use the nodes; systemd's record only has to be
+    /// in place before the next daemon-reload). Returns whether systemd recorded (or did not need)
+    /// the nodes, None when the answer is still pending.
+    pub fn finish(mut self, rules: &[DeviceRule]) -> Option<bool> {
         if rules.is_empty() {
-            return true;
+            return Some(true);
         }
-        let answer = self
-            .child
-            .wait(TIMEOUT)
-            .map_err(|e| e.to_string())
-            .and_then(|a| {
-                let a = String::from_utf8_lossy(&a).into_owned();
-                if a == "ok" { Ok(()) } else { Err(a) }
-            });
-        match answer {
-            Ok(()) => {
+        let Some(answer) = self.child.answer_now() else {
+            log::debug!(
+                "systemd: {}: no answer yet; the child records the nodes alone (at most {TIMEOUT:?})",
+                self.unit
+            );
+            self.child.detach();
+            return None;
+        };
+        let answer = answer.map_err(|e| not_durable(&self.unit, &e.to_string()));
+        match answer.map(|a| String::from_utf8_lossy(&a).into_owned()) {
+            Ok(a) if a == "ok" => {
                 log::debug!(
                     "systemd: {} DeviceAllow += {} node(s), runtime",
                     self.unit,
                     rules.len()
                 );
-                true
+                Some(true)
             }
-            Err(e) => {
-                log::warn!("{}", not_durable_with_rules(&self.unit, &e, rules));
-                false
+            Ok(a) if a == UNCONFINED => {
+                log::debug!(
+                    "systemd does not confine {}'s devices: nothing to record",
+                    self.unit
+                );
+                Some(true)
+            }
+            Ok(warning) | Err(warning) => {
+                log::warn!("{warning}");
+                Some(false)
             }
         }
     }
@@ -167,9 +188,9 @@ fn not_durable(unit: &str, why: &str) -> String {
     )
 }
 
-fn not_durable_with_rules(unit: &str, why: &str, rules: &[DeviceRule]) -> String {
-    let props: Vec<String> = device_allow(rules)
-        .into_iter()
+fn not_durable_with_rules(unit: &str, why: &str, entries: &[(String, String)]) -> String {
+    let props: Vec<String> = entries
+        .iter()
         .map(|(p, a)| format!("'DeviceAllow={p} {a}'"))
         .collect();
     format!(
@@ -248,7 +269,7 @@ async fn confined(conn: &zbus::Connection, unit: &str) -> Result<bool, String> {
 }
 
 /// The forked child: connect to the bus and ask whether systemd confines the unit (while the hook
-/// mounts), wait for the nodes, call systemd. Returns "ok", "unconfined" or why not.
+/// mounts), wait for the nodes, call systemd. Returns "ok", "unconfined", or the warning to give.
 fn child_main(unit: &str, mut request: std::fs::File) -> Vec<u8> {
     let conn = zbus::block_on(async {
         let stream = UnixStream::connect(SYSTEM_BUS)
@@ -262,20 +283,20 @@ fn child_main(unit: &str, mut request: std::fs::File) -> Vec<u8> {
     });
     let (conn, confined) = match conn {
         Ok(c) => c,
-        Err(e) => return e.into_bytes(),
+        Err(e) => return not_durable(unit, &e).into_bytes(),
     };
     if !confined {
         return UNCONFINED.as_bytes().to_vec();
     }
     let mut text = String::new();
     if let Err(e) = request.read_to_string(&mut text) {
-        return format!("reading the request: {e}").into_bytes();
+        return not_durable(unit, &format!("reading the request: {e}")).into_bytes();
     }
     let entries = parse_request(&text);
     if entries.is_empty() {
         return b"ok".to_vec();
     }
-    let r: Result<(), String> = zbus::block_on(async {
+    let r = zbus::block_on(async {
         let allow: Vec<(&str, &str)> = entries
             .iter()
             .map(|(p, a)| (p.as_str(), a.as_str()))
@@ -290,24 +311,20 @@ fn child_main(unit: &str, mut request: std::fs::File) -> Vec<u8> {
             &(unit, true, props),
         )
         .await
-        .map_err(|e| format!("SetUnitProperties: {e}"))?;
-        // systemd answers before it re-applies the unit's cgroup (its realize queue runs between
-        // two bus messages): one more round trip and the new device policy is in place when the
-        // hook looks at the cgroup again.
-        conn.call_method(
-            Some(SYSTEMD),
-            "/org/freedesktop/systemd1",
-            Some("org.freedesktop.DBus.Peer"),
-            "Ping",
-            &(),
-        )
-        .await
-        .map_err(|e| format!("Ping after SetUnitProperties: {e}"))?;
-        Ok(())
     });
     match r {
-        Ok(()) => b"ok".to_vec(),
-        Err(e) => e.into_bytes(),
+        Ok(_) => b"ok".to_vec(),
+        Err(e) => {
+            not_durable_with_rules(unit, &format!("SetUnitProperties: {e}"), &entries).into_bytes()
+        }
+    }
+}
+
+/// A child's answer nobody read (the hook had already let it go): a failure goes to the log.
+fn unheard(answer: &[u8]) {
+    let a = String::from_utf8_lossy(answer);
+    if a != "ok" && a != UNCONFINED {
+        log::warn!("{a}");
     }
 }
 
@@ -393,7 +410,7 @@ mod tests {
         let text: String = a.iter().map(|(p, x)| format!("{p} {x}\n")).collect();
         assert_eq!(parse_request(&text), a);
         assert!(parse_request("").is_empty());
-        let w = not_durable_with_rules("libpod-x.scope", "timed out", &rules);
+        let w = not_durable_with_rules("libpod-x.scope", "timed out", &a);
         for want in [
             "daemon-reload",
             "libpod-x.scope",

@@ -468,6 +468,27 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 /// process leaves the child with locks other threads held. The child itself may start threads:
 /// the parent stays single-threaded, so its `setns(CLONE_NEWNS)` still works.
 pub fn fork_child(f: impl FnOnce(std::fs::File) -> Vec<u8>) -> io::Result<Child> {
+    fork_child_with(Lifetime::WithParent, f, |_| {})
+}
+
+/// How long a [`fork_child_with`] child may live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// It dies with the parent (`PR_SET_PDEATHSIG`), and [`Child::wait`]'s deadline bounds it.
+    WithParent,
+    /// It may outlive the parent ([`Child::detach`]), for at most this long (`alarm(2)`: SIGALRM
+    /// ends it); its standard input, output and error are /dev/null from the start, so it never
+    /// holds the runtime's hook pipes (runc reads the hook's output until every writer is gone).
+    Own(std::time::Duration),
+}
+
+/// [`fork_child`] with a [`Lifetime`]; `unheard` gets the answer when nobody reads it any more
+/// (the parent detached or died), so the child can log it.
+pub fn fork_child_with(
+    lifetime: Lifetime,
+    f: impl FnOnce(std::fs::File) -> Vec<u8>,
+    unheard: fn(&[u8]),
+) -> io::Result<Child> {
     let threads = std::fs::read_to_string("/proc/self/status")?
         .lines()
         .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_owned()));
@@ -490,16 +511,39 @@ pub fn fork_child(f: impl FnOnce(std::fs::File) -> Vec<u8>) -> io::Result<Child>
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // The child dies with the hook: a hook killed while the child hangs (a runtime's
-        // timeout, an OOM kill) must not leave a process on the host holding the driver or a
-        // bus open, and holding the runtime's hook pipes, which runc waits on for ever.
-        // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-        // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } != parent {
-            // the hook died before the prctl took effect: nobody will read the answer
-            // SAFETY: terminating the child without returning into the parent's stack.
-            unsafe { libc::_exit(1) };
+        match lifetime {
+            Lifetime::WithParent => {
+                // The child dies with the hook: a hook killed while the child hangs (a runtime's
+                // timeout, an OOM kill) must not leave a process on the host holding the driver
+                // or a bus open, and holding the runtime's hook pipes, which runc waits on for
+                // ever.
+                // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+                // SAFETY: getppid has no preconditions.
+                if unsafe { libc::getppid() } != parent {
+                    // the hook died before the prctl took effect: nobody will read the answer
+                    // SAFETY: terminating the child without returning into the parent's stack.
+                    unsafe { libc::_exit(1) };
+                }
+            }
+            Lifetime::Own(limit) => {
+                let secs = limit.as_secs().clamp(1, u64::from(u32::MAX)) as libc::c_uint;
+                // SAFETY: alarm takes a number of seconds; SIGALRM's default action ends the
+                // child when the limit passes, whatever it is blocked in.
+                unsafe { libc::alarm(secs) };
+                // SAFETY: opening /dev/null with a static NUL-terminated path.
+                let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+                if null >= 0 {
+                    for fd in 0..3 {
+                        // SAFETY: dup2 onto the standard descriptors of this (child) process.
+                        unsafe { libc::dup2(null, fd) };
+                    }
+                    if null > 2 {
+                        // SAFETY: closing the descriptor this branch just opened.
+                        unsafe { libc::close(null) };
+                    }
+                }
+            }
         }
         drop(ans_rd);
         // without this the child would hold its own request pipe open and never see its end
@@ -509,6 +553,9 @@ pub fn fork_child(f: impl FnOnce(std::fs::File) -> Vec<u8>) -> io::Result<Child>
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(input))).unwrap_or_default();
         let mut w = std::fs::File::from(ans_wr);
         let ok = std::io::Write::write_all(&mut w, &out).is_ok();
+        if !ok {
+            unheard(&out);
+        }
         // SAFETY: terminating the child without returning into the parent's stack.
         unsafe { libc::_exit(if ok { 0 } else { 1 }) };
     }
@@ -596,6 +643,36 @@ impl Child {
             )));
         }
         Ok(out)
+    }
+
+    /// The answer if the child has already given it (without waiting), else None.
+    pub fn answer_now(&mut self) -> Option<io::Result<Vec<u8>>> {
+        let fd = self.answer.as_ref()?;
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call; no wait (timeout 0).
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n <= 0 {
+            return None;
+        }
+        // readable: the answer (written in one piece before the child exits) or end of file
+        let taken = Child {
+            pid: std::mem::take(&mut self.pid),
+            request: self.request.take(),
+            answer: self.answer.take(),
+        };
+        Some(taken.wait(std::time::Duration::from_secs(1)))
+    }
+
+    /// Let the child go on alone ([`Lifetime::Own`] children only make sense here): it is
+    /// neither killed nor waited for; its answer goes to its `unheard` function.
+    pub fn detach(mut self) {
+        self.request = None;
+        self.answer = None;
+        self.pid = 0;
     }
 
     fn kill(&self) {
