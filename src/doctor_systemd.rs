@@ -31,8 +31,8 @@ fn toml_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 fn last_toml_value(text: &str, key: &str) -> Option<String> {
     text.lines()
-        .filter_map(|l| toml_value(l, key))
-        .last()
+        .rev()
+        .find_map(|l| toml_value(l, key))
         .map(str::to_owned)
 }
 
@@ -96,8 +96,8 @@ pub fn managers(root: &Path, systemd_pid1: bool, cgroup_v2: bool) -> Vec<Manager
         .and_then(|v| {
             v["exec-opts"].as_array().and_then(|a| {
                 a.iter()
-                    .filter_map(|o| o.as_str()?.strip_prefix("native.cgroupdriver="))
-                    .last()
+                    .rev()
+                    .find_map(|o| o.as_str()?.strip_prefix("native.cgroupdriver="))
                     .map(str::to_owned)
             })
         });
