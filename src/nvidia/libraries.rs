@@ -285,15 +285,15 @@ impl DriverRoot {
     /// kernel's firmware search path (its custom path first, when the driver root is `/`).
     pub fn find_firmware(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<String> = Vec::new();
-        if self.root_path == Path::new("/") {
-            if let Ok(custom) = crate::bounded::read_to_string(
+        if self.root_path == Path::new("/")
+            && let Ok(custom) = crate::bounded::read_to_string(
                 Path::new("/sys/module/firmware_class/parameters/path"),
                 crate::bounded::PROC_TEXT,
-            ) {
-                let custom = custom.trim();
-                if !custom.is_empty() {
-                    dirs.push(custom.to_owned());
-                }
+            )
+        {
+            let custom = custom.trim();
+            if !custom.is_empty() {
+                dirs.push(custom.to_owned());
             }
         }
         let release = nix::sys::utsname::uname()
