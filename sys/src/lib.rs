@@ -527,6 +527,10 @@ pub fn fork_child_with(
                 }
             }
             Lifetime::Own(limit) => {
+                // Off the parent's critical path by design: on a busy machine the parent (the
+                // container's start) gets the CPU first.
+                // SAFETY: setpriority on this process (who 0) takes plain integers.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
                 let secs = limit.as_secs().clamp(1, u64::from(u32::MAX)) as libc::c_uint;
                 // SAFETY: alarm takes a number of seconds; SIGALRM's default action ends the
                 // child when the limit passes, whatever it is blocked in.
