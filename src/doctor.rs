@@ -386,7 +386,17 @@ fn hooks(f: &mut Findings, dirs: &[&str]) {
             use std::os::unix::fs::PermissionsExt;
             let exec = std::fs::metadata(path)
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-            if exec {
+            let poststop = v["stages"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s == "poststop"));
+            if exec && !poststop {
+                f.add(
+                    "hooks.d",
+                    Status::Warn,
+                    format!("{} registers {path} without the poststop stage", p.display()),
+                    "add \"poststop\" to its \"stages\" (as the packaged file has), or the files nvhook creates stay in `--rootfs` directories",
+                );
+            } else if exec {
                 f.add(
                     "hooks.d",
                     Status::Ok,
@@ -536,4 +546,33 @@ pub fn text(findings: &[Finding]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_registration_without_poststop_is_a_warning() {
+        let d = std::env::temp_dir().join(format!("nvhook-doctor-hooks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let bin = d.join("nvhook");
+        std::fs::write(&bin, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let status = |stages: &str| {
+            let reg = format!(
+                r#"{{"version":"1.0.0","hook":{{"path":"{}","args":["nvhook","prestart"]}},"when":{{"always":true}},"stages":{stages}}}"#,
+                bin.display()
+            );
+            std::fs::write(d.join("nvhook.json"), reg).unwrap();
+            let mut f = Findings::default();
+            hooks(&mut f, &[d.to_str().unwrap()]);
+            f.0.iter().map(|x| x.status).collect::<Vec<_>>()
+        };
+        assert_eq!(status(r#"["prestart","poststop"]"#), [Status::Ok]);
+        assert_eq!(status(r#"["prestart"]"#), [Status::Warn]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -20,6 +20,10 @@ pub enum Error {
     #[error("cannot parse the bundle's {path}: {reason}")]
     SpecParse { path: PathBuf, reason: String },
     #[error(
+        "poststop of container {id}: {reason}; the container's rootfs may keep files nvhook created (mount points, soname links, /etc/ld.so.cache)"
+    )]
+    Cleanup { id: String, reason: String },
+    #[error(
         "the OCI state has no \"pid\": nvhook must run as a prestart or createRuntime hook, when the container's process exists"
     )]
     NoPid,

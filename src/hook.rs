@@ -23,6 +23,8 @@ pub enum Outcome {
     NotRequested,
     /// The plan was applied.
     Applied { devices: usize, mounts: usize },
+    /// A poststop call: what prestart had changed in the rootfs was looked at.
+    Undone(crate::cleanup::Undone),
 }
 
 /// Could this container ask for a GPU or a device class? Decided from `process.env` and mount
@@ -55,9 +57,15 @@ fn request_for(container: &state::Container, config: &Config) -> Result<Option<R
 
 /// `nvhook prestart`: read the state from `input`, and give the container what it asked for.
 /// Works the same when registered as a `createRuntime` hook (same point, same namespaces).
+/// A state whose status is `stopped` is a poststop call (a hooks.d file has one argument list for
+/// all its stages, so podman runs `nvhook prestart` at poststop too): it is handed to
+/// [`poststop`].
 pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome> {
     let mut t = Timer::new();
     let st = state::read_state(input)?;
+    if st.is_stopped() {
+        return poststop_of(&st, config_path).map(Outcome::Undone);
+    }
     let bundle = BundleConfig::read(st.bundle())?;
     // The fast path of every non-GPU container: decided from `process.env` alone, before the full
     // spec is parsed and before any file of the host is read (a broken config must not stop
@@ -98,6 +106,9 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     let pid = container.pid.ok_or(Error::NoPid)?;
     let privilege = Privilege::detect()?;
     let ns = MountNamespace::of_pid(pid)?;
+    // the record directory is opened in the host's view, before entering the container's
+    let tracker = crate::cleanup::Tracker::open(&container.id, pid, privilege.rootless_uid());
+    t.mark("record_open");
     let rootless = privilege.in_user_namespace();
     let cgroup = if config.no_cgroups || rootless {
         None
@@ -121,7 +132,7 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     ns.enter()?;
     t.mark("setns");
 
-    let rootfs = Rootfs::open(&container.rootfs)?;
+    let rootfs = Rootfs::open_journaled(&container.rootfs)?;
     let layout = Layout::detect(&rootfs);
     let mut plan = match (&req, &inv) {
         (Some(req), Some(inv)) => {
@@ -139,11 +150,21 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         apply::userns::preflight(&plan, &container.user, privilege, policy.as_ref())?;
         t.mark("rootless_check");
     }
-    apply::mounts(&plan, &rootfs)?;
-    apply::tmpfs_dirs(&plan, &rootfs)?;
-    t.mark("mounts");
-    apply::ldcache(&plan, &rootfs)?;
-    t.mark("ldcache");
+    if let Some(tr) = &tracker {
+        tr.begin(&rootfs);
+        t.mark("record_begin");
+    }
+    let applied = apply::mounts(&plan, &rootfs)
+        .and_then(|()| apply::tmpfs_dirs(&plan, &rootfs))
+        .map(|()| t.mark("mounts"))
+        .and_then(|()| apply::ldcache(&plan, &rootfs))
+        .map(|()| t.mark("ldcache"));
+    // also after a failure: the runtime's poststop then removes what was created
+    if let Some(tr) = tracker {
+        tr.finish(&rootfs);
+        t.mark("record");
+    }
+    applied?;
     // systemd's answer, if it came while this process mounted; otherwise the child records the
     // nodes alone (the container's start does not wait for systemd). Where it came, systemd's
     // rebuilt program already allows the nodes and the grant below leaves it as it is (it
@@ -191,6 +212,42 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         devices: plan.devices.len(),
         mounts: plan.mounts.len(),
     })
+}
+
+/// `nvhook poststop`: read the state from `input` and put back what prestart changed in the
+/// container's rootfs (see [`crate::cleanup`]).
+pub fn poststop(input: impl Read, config_path: Option<&Path>) -> Result<Outcome> {
+    let st = state::read_state(input)?;
+    poststop_of(&st, config_path).map(Outcome::Undone)
+}
+
+fn poststop_of(st: &state::State, config_path: Option<&Path>) -> Result<crate::cleanup::Undone> {
+    use crate::cleanup::{Store, Undone};
+    let mut t = Timer::new();
+    let privilege = Privilege::from_uid_map_file();
+    let cerr = |e: std::io::Error| Error::Cleanup {
+        id: st.id().to_owned(),
+        reason: e.to_string(),
+    };
+    let store = match Store::open(privilege.rootless_uid(), false).map_err(cerr)? {
+        Some(store) if store.has(st.id()) => store,
+        _ => return Ok(Undone::NoRecord),
+    };
+    t.mark("record_look");
+    // only a container with a record costs more than the look for it: then the config is read,
+    // for its log file
+    if let Ok(config) = Config::load(config_path) {
+        crate::logging::to_file(config.log_file.as_deref());
+    }
+    t.mark("config");
+    let undone = crate::cleanup::poststop(&store, st.id(), st.bundle()).map_err(cerr)?;
+    t.mark("undo");
+    log::debug!(
+        "container {}: poststop: {undone:?}; {}",
+        st.id(),
+        t.summary()
+    );
+    Ok(undone)
 }
 
 /// How many descriptors this process has open (less the one that lists them).

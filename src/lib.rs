@@ -11,6 +11,7 @@ pub mod apply;
 pub mod bounded;
 pub mod cdi;
 pub mod class;
+pub mod cleanup;
 pub mod config;
 pub mod devnode;
 pub mod doctor;

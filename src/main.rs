@@ -14,7 +14,12 @@ nvhook: give OCI containers the host's NVIDIA GPUs (and other device classes)
 
 usage:
   nvhook [--config FILE] prestart        run as an OCI hook (prestart or createRuntime stage);
-                                         reads the container state on stdin
+                                         reads the container state on stdin (a state with
+                                         status `stopped` is a poststop call)
+  nvhook [--config FILE] poststop        run as an OCI poststop hook: put back what prestart
+                                         created or replaced in the rootfs (recorded in
+                                         /run/nvhook/containers); reads the container state
+                                         on stdin
   nvhook [--config FILE] plan [--bundle DIR]
                                          print what prestart would do, as JSON, changing nothing;
                                          reads the state on stdin unless --bundle is given
@@ -108,6 +113,7 @@ fn run(args: Vec<String>) -> Result<(), Error> {
         Some("prestart") | Some("createRuntime") | Some("create-runtime") => {
             hook::prestart(std::io::stdin().lock(), config.as_deref()).map(drop)
         }
+        Some("poststop") => hook::poststop(std::io::stdin().lock(), config.as_deref()).map(drop),
         Some("plan") => {
             let source = match bundle {
                 Some(b) => PlanSource::Bundle(b),

@@ -61,6 +61,10 @@ type Result<T> = std::result::Result<T, RootfsError>;
 /// How many times to retry a lookup the kernel refused with EAGAIN (a rename or mount raced it).
 const EAGAIN_RETRIES: usize = 32;
 
+/// The largest file whose original content the journal keeps (the image's linker cache is read
+/// up to the same size).
+const MAX_JOURNALED_FILE: u64 = 64 << 20;
+
 /// The container's rootfs, opened once. All paths given to its methods are container paths
 /// (`/usr/lib/...`), which may be absolute; `..` and `.` components are refused.
 pub struct Rootfs {
@@ -69,6 +73,9 @@ pub struct Rootfs {
     /// This mount namespace's mounts by id, read when first needed (and again for an id it
     /// does not hold yet, a mount made since).
     mounts: std::sync::Mutex<HashMap<u64, MountEntry>>,
+    /// What this process changed in the rootfs, when asked to keep a journal
+    /// ([`Rootfs::open_journaled`]), so that `nvhook poststop` can undo exactly that.
+    journal: Option<std::cell::RefCell<Journal>>,
 }
 
 /// One mount of a mountinfo table: where it is, and its shared peer group if it has one.
@@ -106,6 +113,59 @@ pub fn parse_mount_table(text: &str) -> HashMap<u64, MountEntry> {
     out
 }
 
+/// The identity of an inode: what `stat` says, `st_dev` and `st_ino`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Identity {
+    pub fn of(st: &nix::sys::stat::FileStat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// What was at a path before nvhook put its own entry there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// nothing: the entry was created
+    Absent,
+    /// a symlink (replaced by a file, or by a symlink with another target)
+    Symlink { target: String, id: Identity },
+    /// a regular file, replaced by a rename
+    File {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        content: Vec<u8>,
+        id: Identity,
+    },
+    /// something that cannot be put back (a FIFO, a device node, a file too large to keep)
+    Unrestorable { id: Identity },
+}
+
+/// One change nvhook made in the rootfs: at `path` (the path with every symlink resolved, as
+/// the kernel resolved it, relative to the rootfs, so it can be found again without following
+/// any symlink) it put `kind`, whose inode is `id`, where `before` was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: String,
+    pub kind: Kind,
+    pub id: Identity,
+    pub before: Before,
+}
+
+/// The changes made, in order, and the real path of the root they are relative to.
+#[derive(Debug, Default)]
+struct Journal {
+    root_real: PathBuf,
+    changes: Vec<Change>,
+}
+
 /// The path, in the current mount namespace, of what `fd` refers to.
 pub fn fd_path(fd: &OwnedFd) -> std::result::Result<PathBuf, Errno> {
     nix::fcntl::readlink(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)).as_str())
@@ -113,7 +173,10 @@ pub fn fd_path(fd: &OwnedFd) -> std::result::Result<PathBuf, Errno> {
 }
 
 /// What a path inside the rootfs is, without following a final symlink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     Dir,
     File,
@@ -183,6 +246,7 @@ impl Rootfs {
             fd,
             path: path.to_owned(),
             mounts: std::sync::Mutex::new(HashMap::new()),
+            journal: None,
         })
     }
 
@@ -231,8 +295,133 @@ impl Rootfs {
         Ok(())
     }
 
+    /// [`Rootfs::open`], keeping a journal of every entry created or replaced in it
+    /// ([`Rootfs::take_journal`]).
+    pub fn open_journaled(path: &Path) -> Result<Rootfs> {
+        let mut r = Rootfs::open(path)?;
+        let root_real = fd_path(&r.fd).map_err(|source| RootfsError::OpenRoot {
+            path: path.to_owned(),
+            source,
+        })?;
+        r.journal = Some(std::cell::RefCell::new(Journal {
+            root_real,
+            changes: Vec::new(),
+        }));
+        Ok(r)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The root directory's identity.
+    pub fn identity(&self) -> Result<Identity> {
+        fstat(&self.fd)
+            .map(|st| Identity::of(&st))
+            .map_err(|source| RootfsError::OpenRoot {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The changes journaled so far (empty without a journal); the journal starts afresh.
+    pub fn take_journal(&self) -> Vec<Change> {
+        self.journal
+            .as_ref()
+            .map(|j| std::mem::take(&mut j.borrow_mut().changes))
+            .unwrap_or_default()
+    }
+
+    /// Journal that `name` in the directory `dir` now holds `kind` (inode `st`), where `before`
+    /// was. The path is the directory's own, as the kernel names it, less the root's: no symlink
+    /// in it. A path outside the root (a racing rename moved the directory) is not journaled.
+    fn journal(&self, dir: BorrowedFd<'_>, name: &str, kind: Kind, id: Identity, before: Before) {
+        let Some(j) = &self.journal else { return };
+        let mut j = j.borrow_mut();
+        let dir_path = nix::fcntl::readlink(format!("/proc/self/fd/{}", dir.as_raw_fd()).as_str());
+        let rel = dir_path.ok().and_then(|p| {
+            let p = PathBuf::from(p);
+            p.strip_prefix(&j.root_real)
+                .ok()
+                .and_then(|r| r.to_str().map(str::to_owned))
+        });
+        match rel {
+            Some(rel) => {
+                let path = if rel.is_empty() {
+                    format!("/{name}")
+                } else {
+                    format!("/{rel}/{name}")
+                };
+                j.changes.push(Change {
+                    path,
+                    kind,
+                    id,
+                    before,
+                });
+            }
+            None => log::warn!(
+                "{name}: its directory is no longer inside the rootfs {}; not recorded, poststop will not remove it",
+                j.root_real.display()
+            ),
+        }
+    }
+
+    /// What is at `name` in `dir` now, as a [`Before`] (for the journal), or None if nothing.
+    fn before(&self, dir: BorrowedFd<'_>, name: &str) -> Before {
+        let st = match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(_) => return Before::Absent,
+        };
+        let id = Identity::of(&st);
+        match Kind::of(st.st_mode) {
+            Kind::Symlink => match nix::fcntl::readlinkat(dir, name) {
+                Ok(t) => Before::Symlink {
+                    target: t.to_string_lossy().into_owned(),
+                    id,
+                },
+                Err(_) => Before::Unrestorable { id },
+            },
+            Kind::File if (st.st_size as u64) <= MAX_JOURNALED_FILE => {
+                let content = openat(
+                    dir,
+                    name,
+                    OFlag::O_RDONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_NONBLOCK
+                        | OFlag::O_NOCTTY
+                        | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()
+                .and_then(|fd| {
+                    let again = fstat(&fd).ok()?;
+                    if Identity::of(&again) != id {
+                        return None;
+                    }
+                    let mut buf = Vec::new();
+                    std::fs::File::from(fd)
+                        .take(MAX_JOURNALED_FILE + 1)
+                        .read_to_end(&mut buf)
+                        .ok()?;
+                    Some(buf)
+                });
+                match content {
+                    Some(content) => Before::File {
+                        mode: st.st_mode & 0o7777,
+                        uid: st.st_uid,
+                        gid: st.st_gid,
+                        content,
+                        id,
+                    },
+                    None => Before::Unrestorable { id },
+                }
+            }
+            _ => Before::Unrestorable { id },
+        }
+    }
+
+    fn journaling(&self) -> bool {
+        self.journal.is_some()
     }
 
     /// `openat2` in the root, retrying when the kernel reports a concurrent rename (EAGAIN).
@@ -418,15 +607,16 @@ impl Rootfs {
             }
             // `cur` is a directory inside the root; create the next component there. EEXIST means a
             // racing creation or a dangling symlink: the no-follow open below tells which.
-            match mkdirat(cur.as_fd(), *name, Mode::from_bits_truncate(0o755)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
+            let created = match mkdirat(cur.as_fd(), *name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) => true,
+                Err(Errno::EEXIST) => false,
                 Err(source) => {
                     return Err(RootfsError::Create {
                         path: shown,
                         source,
                     });
                 }
-            }
+            };
             let next = openat(
                 cur.as_fd(),
                 *name,
@@ -434,7 +624,21 @@ impl Rootfs {
                 Mode::empty(),
             );
             cur = match next {
-                Ok(fd) => fd,
+                Ok(fd) => {
+                    if created
+                        && self.journaling()
+                        && let Ok(st) = fstat(&fd)
+                    {
+                        self.journal(
+                            cur.as_fd(),
+                            name,
+                            Kind::Dir,
+                            Identity::of(&st),
+                            Before::Absent,
+                        );
+                    }
+                    fd
+                }
                 Err(Errno::ENOTDIR | Errno::ELOOP) => {
                     let found =
                         fstatat(cur.as_fd(), *name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
@@ -529,8 +733,13 @@ impl Rootfs {
                 Mode::from_bits_truncate(0o644),
             )
         };
+        let journal_new = |fd: &OwnedFd, before: Before| {
+            if let Ok(st) = fstat(fd) {
+                self.journal(dir.as_fd(), name, Kind::File, Identity::of(&st), before);
+            }
+        };
         match create(dir.as_fd()) {
-            Ok(_) => {}
+            Ok(fd) => journal_new(&fd, Before::Absent),
             Err(Errno::EEXIST) => {
                 // Something appeared since the lookup: a dangling symlink (resolve gave ENOENT) or a
                 // racing creation. Replace a symlink; accept anything else and re-check below.
@@ -540,16 +749,22 @@ impl Rootfs {
                         source,
                     })?;
                 if Kind::of(st.st_mode) == Kind::Symlink {
+                    let before = if self.journaling() {
+                        self.before(dir.as_fd(), name)
+                    } else {
+                        Before::Absent
+                    };
                     unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(|source| {
                         RootfsError::Create {
                             path: path.to_owned(),
                             source,
                         }
                     })?;
-                    create(dir.as_fd()).map_err(|source| RootfsError::Create {
+                    let fd = create(dir.as_fd()).map_err(|source| RootfsError::Create {
                         path: path.to_owned(),
                         source,
                     })?;
+                    journal_new(&fd, before);
                 }
             }
             Err(source) => {
@@ -583,8 +798,18 @@ impl Rootfs {
             path: path.to_owned(),
             source,
         };
+        let journal_link = |before: Before| {
+            if let Ok(st) = fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                && Kind::of(st.st_mode) == Kind::Symlink
+            {
+                self.journal(dir.as_fd(), name, Kind::Symlink, Identity::of(&st), before);
+            }
+        };
         match nix::unistd::symlinkat(target, dir.as_fd(), name) {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                journal_link(Before::Absent);
+                return Ok(true);
+            }
             Err(Errno::EEXIST) => {}
             Err(source) => return Err(err(source)),
         }
@@ -596,6 +821,11 @@ impl Rootfs {
         if nix::fcntl::readlinkat(dir.as_fd(), name).is_ok_and(|t| t == *target) {
             return Ok(true);
         }
+        let before = if self.journaling() {
+            self.before(dir.as_fd(), name)
+        } else {
+            Before::Absent
+        };
         // Replace atomically: make the new link under a temporary name, then rename over.
         let tmp = format!(".{name}.nvhook-{}", std::process::id());
         let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -604,6 +834,7 @@ impl Rootfs {
             let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             err(e)
         })?;
+        journal_link(before);
         Ok(true)
     }
 
@@ -653,6 +884,11 @@ impl Rootfs {
         )
         .map_err(|e| werr(e.into()))?;
         let mut f = std::fs::File::from(fd);
+        let before = if self.journaling() {
+            Some(self.before(dir.as_fd(), name))
+        } else {
+            None
+        };
         let written = f
             .write_all(data)
             .and_then(|()| {
@@ -665,6 +901,9 @@ impl Rootfs {
         if let Err(e) = written {
             let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             return Err(werr(e));
+        }
+        if let (Some(before), Ok(st)) = (before, fstat(&f)) {
+            self.journal(dir.as_fd(), name, Kind::File, Identity::of(&st), before);
         }
         Ok(())
     }

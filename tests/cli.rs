@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -249,4 +250,31 @@ fn a_driver_root_without_a_linker_cache_is_scanned() {
         "{out}"
     );
     assert!(!out.contains("compat/libcuda"), "{out}");
+}
+
+/// `nvhook poststop`, and `nvhook prestart` called at poststop (a hooks.d file has one argument
+/// list for all its stages): a container nvhook recorded nothing for costs nothing and succeeds,
+/// whatever its id; bad input is a clear error.
+#[test]
+fn poststop_without_a_record_succeeds_and_bad_input_is_clear() {
+    let stopped = |id: &str| {
+        format!(
+            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"stopped","bundle":"/nonexistent/bundle"}}"#
+        )
+    };
+    for id in ["never-seen-by-nvhook", "../../etc/passwd", ".lock", "a@0"] {
+        for cmd in ["poststop", "prestart"] {
+            let (ok, out, err) = nvhook_with(&[cmd], stopped(id).as_bytes());
+            assert!(ok && out.is_empty() && err.is_empty(), "{cmd} {id}: {err}");
+        }
+    }
+    assert!(Path::new("/etc/passwd").is_file());
+    let (ok, _, err) = nvhook_with(&["poststop"], b"");
+    assert!(!ok && err.contains("stdin is empty"), "{err}");
+    // a live state given to `poststop` by mistake: no record, nothing done
+    let (ok, _, err) = nvhook_with(
+        &["poststop"],
+        br#"{"ociVersion":"1.0.2","id":"x","status":"created","pid":1,"bundle":"/b"}"#,
+    );
+    assert!(ok, "{err}");
 }

@@ -1480,3 +1480,113 @@ fn huge_config_json_stays_within_a_small_address_space() {
         "{err}"
     );
 }
+
+/// The rootfs changes between prestart and poststop (another container sharing it, anyone on
+/// the host with access to it): a mount-point directory nvhook created becomes a symlink to a
+/// host directory holding a canary, an empty file it created is renamed away and a hard link to
+/// a host file put in its place, the linker cache it wrote becomes a symlink to a host file.
+/// Poststop must leave all three, and the host files, as they are, and still remove the rest.
+#[test]
+fn a_rootfs_swapped_between_prestart_and_poststop_makes_poststop_delete_nothing_else() {
+    let _g = serial();
+    let mut s = Spec::new(GPU, "true");
+    s.poststop = true;
+    let b = bundle(&s);
+    let (root, outside) = (b.rootfs(), b.dir.join("outside"));
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("canary"), b"canary").unwrap();
+    std::fs::write(outside.join("important"), b"host-important").unwrap();
+    prepare_host();
+    // the container's stdio is runc's: nothing a test would wait on for EOF
+    let log = b.dir.join("create.log");
+    let created = Command::new("runc")
+        .arg("--log")
+        .arg(&log)
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(&b.id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        created.success(),
+        "runc create: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // what nvhook made, as its record says, seen from the host (the mounts are the container's)
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(RECORD_DIR).join(&b.id)).expect("nvhook's record"),
+    )
+    .unwrap();
+    let made = |kind: &str, was: &str| -> Vec<String> {
+        let mut v: Vec<String> = rec["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind && e["before"]["was"] == was)
+            .map(|e| {
+                e["path"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches('/')
+                    .to_owned()
+            })
+            .filter(|p| root.join(p).symlink_metadata().is_ok())
+            .collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+        v
+    };
+    let (dirs, files) = (made("dir", "absent"), made("file", "absent"));
+    assert!(
+        !dirs.is_empty() && files.len() >= 2,
+        "nvhook made no directory or too few files: {rec}"
+    );
+    // a directory that is empty from the host (a mount point for a directory)
+    let dir = dirs
+        .iter()
+        .find(|d| std::fs::read_dir(root.join(d)).is_ok_and(|mut r| r.next().is_none()))
+        .unwrap_or_else(|| panic!("no empty directory among {dirs:?}"));
+    let (file, kept) = (&files[0], &files[1]);
+    std::fs::remove_dir(root.join(dir)).unwrap();
+    symlink(&outside, root.join(dir)).unwrap();
+    std::fs::rename(root.join(file), root.join(format!("{file}.moved"))).unwrap();
+    std::fs::hard_link(outside.join("important"), root.join(file)).unwrap();
+    let cache = root.join("etc/ld.so.cache");
+    std::fs::rename(&cache, root.join("etc/ld.so.cache.moved")).unwrap();
+    symlink(outside.join("canary"), &cache).unwrap();
+    let before = host_state(&b.dir);
+    let deleted = Command::new("runc")
+        .args(["delete", "--force"])
+        .arg(&b.id)
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "runc delete: {deleted:?}");
+    assert_eq!(diff(&before, &host_state(&b.dir)), Vec::<String>::new());
+    assert_eq!(std::fs::read(outside.join("canary")).unwrap(), b"canary");
+    assert_eq!(
+        std::fs::read(outside.join("important")).unwrap(),
+        b"host-important"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(outside.join("important"))
+            .unwrap()
+            .nlink(),
+        2,
+        "the hard link in the rootfs is left"
+    );
+    assert!(
+        std::fs::read_link(root.join(dir)).is_ok(),
+        "{dir}: the symlink is left"
+    );
+    assert_eq!(std::fs::read_link(&cache).unwrap(), outside.join("canary"));
+    assert!(root.join(format!("{file}.moved")).exists());
+    // and what was not touched was removed: poststop ran
+    assert!(
+        root.join(kept).symlink_metadata().is_err(),
+        "{kept}: poststop did not remove what nvhook made"
+    );
+    assert!(records_of(&b.id).is_empty(), "{:?}", records_of(&b.id));
+}

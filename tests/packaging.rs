@@ -69,6 +69,12 @@ fn deb_assets_match_the_hooks_file() {
     let bin = dest("target/release/nvhook");
     assert_eq!(bin, "/usr/bin/nvhook");
     assert_eq!(packaged_hook()["hook"]["path"].as_str(), Some(bin.as_str()));
+    // prestart gives the container its GPUs; poststop puts the rootfs back (the same arguments:
+    // nvhook tells the stage from the state's status)
+    assert_eq!(
+        packaged_hook()["stages"],
+        serde_json::json!(["prestart", "poststop"])
+    );
     assert_eq!(
         dest("hooks.d/nvhook.json"),
         "/usr/share/containers/oci/hooks.d/nvhook.json"
@@ -377,6 +383,7 @@ fn daemonset_config_parses_and_its_install_arguments_work() {
     let hook: Value =
         serde_json::from_str(&node.read("usr/share/containers/oci/hooks.d/nvhook.json")).unwrap();
     assert_eq!(hook["hook"]["path"], "/usr/local/bin/nvhook");
+    assert_eq!(hook["stages"], serde_json::json!(["prestart", "poststop"]));
     assert!(
         node.root.join("etc/cdi/nvidia.json").is_file(),
         "{}",

@@ -68,6 +68,23 @@ impl Privilege {
     pub fn in_user_namespace(&self) -> bool {
         matches!(self, Privilege::UserNamespace { .. })
     }
+
+    /// Where this process runs, from its `uid_map` alone (no capability check): the poststop
+    /// hook needs no mount rights. The initial namespace when the map cannot be read.
+    pub fn from_uid_map_file() -> Privilege {
+        std::fs::read_to_string("/proc/self/uid_map")
+            .map(|t| from_uid_map(&t))
+            .unwrap_or(Privilege::HostRoot)
+    }
+
+    /// For the record directory of [`crate::cleanup`]: None as root of the host, else the host
+    /// uid that owns this user namespace (if it maps one).
+    pub fn rootless_uid(&self) -> Option<Option<u32>> {
+        match self {
+            Privilege::HostRoot => None,
+            Privilege::UserNamespace { outside_uid } => Some(*outside_uid),
+        }
+    }
 }
 
 /// The initial user namespace maps all 2^32-1 ids onto themselves; any other map is a user

@@ -20,8 +20,9 @@ const MAX_STATE_SIZE: u64 = 1 << 20;
 /// at most), and a seccomp filter by 32768 BPF instructions.
 pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
 
-/// The OCI state on the hook's stdin: what nvhook uses of it. Unknown fields (and `status`,
-/// `annotations`, `ociVersion`, of any value) are ignored.
+/// The OCI state on the hook's stdin: what nvhook uses of it. Unknown fields (and
+/// `annotations`, `ociVersion`, of any value) are ignored; `status`, of any value, only tells a
+/// poststop call (`"stopped"`) from the others.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct State {
     #[serde(default)]
@@ -33,6 +34,8 @@ pub struct State {
     /// Docker's runc before 17.06 wrote `bundlePath` (the toolkit reads it too).
     #[serde(default, rename = "bundlePath")]
     bundle_path: PathBuf,
+    #[serde(default)]
+    status: serde_json::Value,
 }
 
 impl State {
@@ -42,6 +45,10 @@ impl State {
     /// The container's init process, in the container's namespaces.
     pub fn pid(&self) -> Option<i32> {
         self.pid
+    }
+    /// A poststop call: runc, crun and podman pass `"status": "stopped"` then.
+    pub fn is_stopped(&self) -> bool {
+        self.status.as_str() == Some("stopped")
     }
     pub fn bundle(&self) -> &Path {
         if self.bundle.as_os_str().is_empty() {

@@ -227,6 +227,62 @@ pub fn file_tree(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Every entry under `dir` with its type, mode, owner, size and content (a hash of a file's
+/// bytes, a symlink's target), sorted: to see that a rootfs is byte for byte what it was.
+pub fn rootfs_digest(dir: &Path) -> Vec<String> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = p.symlink_metadata() else {
+                continue;
+            };
+            let what = if m.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                walk(base, &p, out);
+                "dir".into()
+            } else if m.is_file() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&p).unwrap_or_default().hash(&mut h);
+                format!("{} bytes {:016x}", m.len(), h.finish())
+            } else {
+                format!("rdev {:x}", m.rdev())
+            };
+            let rel = p.strip_prefix(base).unwrap().display();
+            out.push(format!(
+                "{rel} {:o} {}:{} {what}",
+                m.mode(),
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
+
+/// The record directory of nvhook's poststop (root's).
+pub const RECORD_DIR: &str = "/run/nvhook/containers";
+
+/// nvhook's records (and kept originals) of container `id` left in /run/nvhook.
+pub fn records_of(id: &str) -> Vec<String> {
+    std::fs::read_dir(RECORD_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n == id || n.starts_with(&format!("{id}@")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The host's mount table, as (mount point, fs type, source) lines, sorted.
 pub fn host_mounts() -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -297,8 +353,33 @@ impl Bundle {
     }
 }
 
+/// Run `nvhook poststop` for container `id` of `bundle`, as a runtime would.
+pub fn poststop(id: &str, bundle: &Path) -> Run {
+    use std::io::Write;
+    let state = json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "bundle": bundle});
+    let mut c = Command::new(nvhook())
+        .arg("poststop")
+        .env("NVHOOK_LOG", "debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = c
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(state.to_string().as_bytes());
+    Run::from(c.wait_with_output().unwrap())
+}
+
 impl Drop for Bundle {
     fn drop(&mut self) {
+        // a bundle without the poststop hook (a test that looks at the rootfs after the run)
+        // leaves nvhook's record: removed here, as the hook would have
+        if !records_of(&self.id).is_empty() {
+            poststop(&self.id, &self.dir);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -316,6 +397,9 @@ pub struct Spec<'a> {
     pub privileged: bool,
     /// Another nvhook config than the fixtures' own.
     pub config: Option<PathBuf>,
+    /// Register `nvhook poststop` too (off: tests that read the rootfs after the run see what
+    /// prestart left there).
+    pub poststop: bool,
 }
 
 impl<'a> Spec<'a> {
@@ -329,6 +413,7 @@ impl<'a> Spec<'a> {
             hook_env: Vec::new(),
             privileged: false,
             config: None,
+            poststop: false,
         }
     }
 }
@@ -397,6 +482,13 @@ pub fn bundle(spec: &Spec<'_>) -> Bundle {
     };
     if let Some(stage) = stage {
         c["hooks"] = json!({ stage: hook });
+        if spec.poststop {
+            c["hooks"]["poststop"] = json!([{
+                "path": nvhook(),
+                "args": ["nvhook", "poststop"],
+                "env": ["NVHOOK_LOG=debug"],
+            }]);
+        }
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
     Bundle { dir, id }

@@ -1,0 +1,349 @@
+//! The record directory: `/run/nvhook` (0700, root's), one JSON file per container id, the
+//! original bytes of replaced files as `<id>@<n>`, and `.lock`.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fstat, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+use super::{Entry, RECORD_VERSION, Record};
+
+/// A record is a few hundred bytes per entry; anything larger is not ours.
+const MAX_RECORD: u64 = 16 << 20;
+const MAX_BLOB: u64 = 64 << 20;
+
+/// Can `id` name a record file? The runtime's container id (runc allows `[\w+.-]`), never `.`
+/// or `..`, no `/`; a leading `.` is refused too (the lock and temporary files start with one),
+/// and `@` (blobs) cannot occur.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
+}
+
+fn valid_blob(name: &str) -> bool {
+    name.split_once('@').is_some_and(|(id, n)| {
+        valid_id(id) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+fn io(e: Errno) -> std::io::Error {
+    e.into()
+}
+
+/// The open record directory.
+pub struct Store {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+/// The record directory for this process: `/run/nvhook` as root of the host, and for rootless
+/// podman (`rootless_uid` `Some(Some(uid))`: hooks run in the user's namespace, as its root) the
+/// user's runtime directory `/run/user/<uid>/nvhook`, which that root owns.
+fn dir_path(rootless_uid: Option<Option<u32>>) -> Option<PathBuf> {
+    match rootless_uid {
+        None => Some(PathBuf::from(RECORD_DIR)),
+        Some(Some(uid)) => Some(PathBuf::from(format!("/run/user/{uid}/nvhook/containers"))),
+        Some(None) => None,
+    }
+}
+
+/// Root's record directory: a directory of its own under nvhook's /run directory (which other
+/// state, such as a cache, may share).
+pub const RECORD_DIR: &str = "/run/nvhook/containers";
+
+impl Store {
+    /// Open (with `create`, make) the record directory. It must be a directory of this user's,
+    /// closed to others: one that is not is refused rather than trusted. `Ok(None)`: there is no
+    /// record directory (not created yet, or no place for one in this user namespace).
+    pub fn open(rootless_uid: Option<Option<u32>>, create: bool) -> std::io::Result<Option<Store>> {
+        match dir_path(rootless_uid) {
+            Some(path) => Store::open_at(path, create),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Store::open`] of the directory `path` (the tests use their own).
+    pub fn open_at(path: PathBuf, create: bool) -> std::io::Result<Option<Store>> {
+        if create {
+            // nvhook's /run directory first (0700 too, when this makes it)
+            let parents: Vec<&Path> = path.ancestors().skip(1).take(1).collect();
+            for p in parents.iter().rev().copied().chain([path.as_path()]) {
+                match nix::unistd::mkdir(p, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    // no /run/user/<uid> (no login session of that user): no records
+                    Err(Errno::ENOENT) => return Ok(None),
+                    Err(e) => {
+                        return Err(std::io::Error::other(format!(
+                            "cannot create {}: {e}",
+                            p.display()
+                        )));
+                    }
+                }
+            }
+        }
+        let dir = match nix::fcntl::open(
+            &path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) if !create => return Ok(None),
+            Err(e) => {
+                return Err(std::io::Error::other(format!(
+                    "cannot open {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        let st = fstat(&dir).map_err(io)?;
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory of uid {} closed to others (mode {:o}, owner {}); remove it",
+                path.display(),
+                nix::unistd::geteuid(),
+                st.st_mode & 0o7777,
+                st.st_uid
+            )));
+        }
+        Ok(Some(Store { dir, path }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hold the directory's lock until the returned value is dropped.
+    pub fn lock(&self) -> std::io::Result<Flock<OwnedFd>> {
+        let fd = openat(
+            self.dir.as_fd(),
+            ".lock",
+            OFlag::O_CREAT | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(io)?;
+        Flock::lock(fd, FlockArg::LockExclusive).map_err(|(_, e)| io(e))
+    }
+
+    fn read_file(&self, name: &str, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+        let fd = match openat(
+            self.dir.as_fd(),
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        if fstat(&fd).map_err(io)?.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return Err(std::io::Error::other(format!(
+                "{name} is not a regular file"
+            )));
+        }
+        let mut buf = Vec::new();
+        std::fs::File::from(fd)
+            .take(limit + 1)
+            .read_to_end(&mut buf)?;
+        if buf.len() as u64 > limit {
+            return Err(std::io::Error::other(format!(
+                "{name} is larger than {limit} bytes"
+            )));
+        }
+        Ok(Some(buf))
+    }
+
+    /// Write `name` whole, or not at all: a temporary file renamed over it.
+    fn write_file(&self, name: &str, data: &[u8], exclusive: bool) -> std::io::Result<()> {
+        if exclusive {
+            let fd = openat(
+                self.dir.as_fd(),
+                name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map_err(io)?;
+            let w = std::fs::File::from(fd).write_all(data);
+            if w.is_err() {
+                let _ = unlinkat(self.dir.as_fd(), name, UnlinkatFlags::NoRemoveDir);
+            }
+            return w;
+        }
+        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let _ = unlinkat(self.dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        self.write_file(&tmp, data, true)?;
+        renameat(self.dir.as_fd(), tmp.as_str(), self.dir.as_fd(), name).map_err(|e| {
+            let _ = unlinkat(self.dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            io(e)
+        })
+    }
+
+    /// Is there a record of container `id`? (One look, without the lock.)
+    pub fn has(&self, id: &str) -> bool {
+        valid_id(id)
+            && fstatat(
+                self.dir.as_fd(),
+                id,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok()
+    }
+
+    /// The record of container `id`. A record of another format version is treated as none
+    /// (and left in place).
+    pub fn read(&self, id: &str) -> std::io::Result<Option<Record>> {
+        let Some(bytes) = self.read_file(id, MAX_RECORD)? else {
+            return Ok(None);
+        };
+        let rec: Record = serde_json::from_slice(&bytes).map_err(|e| {
+            std::io::Error::other(format!("{}/{id}: not a record: {e}", self.path.display()))
+        })?;
+        if rec.version != RECORD_VERSION {
+            log::warn!(
+                "{}/{id}: record version {} is not {RECORD_VERSION}; left alone",
+                self.path.display(),
+                rec.version
+            );
+            return Ok(None);
+        }
+        Ok(Some(rec))
+    }
+
+    pub fn write(&self, id: &str, rec: &Record) -> std::io::Result<()> {
+        let json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        self.write_file(id, &json, false)
+    }
+
+    /// Keep `content` in a new blob of container `id`; returns its name.
+    pub fn write_blob(&self, id: &str, content: &[u8]) -> std::io::Result<String> {
+        for n in 0..10_000u32 {
+            let name = format!("{id}@{n}");
+            match self.write_file(&name, content, true) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => continue,
+                r => return r.map(|()| name),
+            }
+        }
+        Err(std::io::Error::other(format!("{id}: too many blobs")))
+    }
+
+    pub fn read_blob(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        if !valid_blob(name) {
+            return Err(std::io::Error::other(format!(
+                "{name:?} is not a blob name"
+            )));
+        }
+        self.read_file(name, MAX_BLOB)?.ok_or_else(|| {
+            std::io::Error::other(format!("{}/{name} is missing", self.path.display()))
+        })
+    }
+
+    pub fn remove_file(&self, name: &str) {
+        match unlinkat(self.dir.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => log::warn!("cannot remove {}/{name}: {e}", self.path.display()),
+        }
+    }
+
+    pub fn remove_blob_names(&self, names: &[String]) {
+        for n in names.iter().filter(|n| valid_blob(n)) {
+            self.remove_file(n);
+        }
+    }
+
+    pub fn remove_blobs(&self, entries: &[Entry]) {
+        for e in entries {
+            if let Some(b) = e.before.blob().filter(|b| valid_blob(b)) {
+                self.remove_file(b);
+            }
+        }
+    }
+
+    /// Remove a record and its blobs.
+    pub fn remove_record(&self, id: &str, rec: &Record) {
+        self.remove_blobs(&rec.entries);
+        self.remove_file(id);
+    }
+
+    /// The container ids that have a record.
+    pub fn ids(&self) -> std::io::Result<Vec<String>> {
+        Ok(self.names()?.into_iter().filter(|n| valid_id(n)).collect())
+    }
+
+    /// Remove what a hook killed while holding the lock left behind: temporary files, and blobs
+    /// no record refers to (written, but the record naming them never was). Only under the lock,
+    /// where no other writer is at work.
+    pub fn remove_debris(&self, referenced: &[String]) {
+        let Ok(names) = self.names() else { return };
+        for n in names {
+            let debris = (n.starts_with('.') && n.ends_with(".tmp"))
+                || (valid_blob(&n) && !referenced.contains(&n));
+            if debris {
+                log::debug!(
+                    "removing {}/{n}, left by a killed hook",
+                    self.path.display()
+                );
+                self.remove_file(&n);
+            }
+        }
+    }
+
+    fn names(&self) -> std::io::Result<Vec<String>> {
+        let dup = openat(
+            self.dir.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let mut d = nix::dir::Dir::from_fd(dup).map_err(io)?;
+        Ok(d.iter()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+            .filter(|n| n != "." && n != "..")
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_can_name_a_file() {
+        for ok in ["a", "nvhook-test-1-2", "0123abcdef", "x.y_z+w", "a..b"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".lock",
+            "a/b",
+            "../x",
+            "a@1",
+            "a b",
+            "é",
+            &"x".repeat(201),
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert!(valid_blob("abc@0") && valid_blob("a.b@12"));
+        assert!(
+            !valid_blob("abc@")
+                && !valid_blob("../x@1")
+                && !valid_blob("abc@1x")
+                && !valid_blob("abc")
+        );
+    }
+}

@@ -1,0 +1,352 @@
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+struct Tmp(PathBuf);
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Tmp {
+    let p = std::env::temp_dir().join(format!("nvhook-cleanup-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(p.join("root/etc")).unwrap();
+    std::fs::create_dir_all(p.join("root/usr/lib/x86_64-linux-gnu")).unwrap();
+    std::fs::create_dir_all(p.join("root/usr/bin")).unwrap();
+    std::fs::create_dir_all(p.join("outside")).unwrap();
+    std::fs::write(p.join("outside/canary"), b"canary").unwrap();
+    symlink("usr/lib", p.join("root/lib")).unwrap();
+    std::fs::write(p.join("root/etc/ld.so.cache"), b"the image's cache").unwrap();
+    std::fs::set_permissions(
+        p.join("root/etc/ld.so.cache"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::lchown(p.join("root/etc/ld.so.cache"), Some(12), Some(34)).unwrap();
+    symlink(
+        "libcuda.so.0",
+        p.join("root/usr/lib/x86_64-linux-gnu/libcuda.so.1"),
+    )
+    .unwrap();
+    symlink("/nowhere", p.join("root/usr/bin/nvidia-smi")).unwrap();
+    Tmp(p)
+}
+
+/// Every entry under `dir`: path, type, mode, owner, and content or symlink target.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let m = p.symlink_metadata().unwrap();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            let what = if m.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                walk(base, &p, out);
+                "dir".into()
+            } else {
+                format!("{:?}", std::fs::read(&p).unwrap())
+            };
+            out.push(format!(
+                "{rel} {:o} {}:{} {what}",
+                m.mode(),
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
+
+fn store(t: &Tmp) -> Store {
+    Store::open_at(t.0.join("store"), true).unwrap().unwrap()
+}
+
+/// What prestart does to a rootfs, journaled and recorded as container `id`, running (this
+/// process) or gone.
+fn prestart(t: &Tmp, id: &str, running: bool, cache: &[u8]) {
+    let r = Rootfs::open_journaled(&t.0.join("root")).unwrap();
+    let tr = if running {
+        Tracker::with_store(store(t), id, std::process::id() as i32).unwrap()
+    } else {
+        // this process with another start time: a gone one
+        Tracker {
+            store: store(t),
+            id: id.into(),
+            pid: std::process::id() as i32,
+            start_time: 0,
+        }
+    };
+    tr.begin(&r);
+    r.mount_point_dir("/usr/local/nvidia/lib64").unwrap();
+    r.mount_point_file("/usr/bin/nvidia-smi").unwrap();
+    r.mount_point_file("/lib/x86_64-linux-gnu/libnvidia-ml.so.1")
+        .unwrap();
+    r.symlink("/lib/x86_64-linux-gnu/libcuda.so.1", "libcuda.so.535")
+        .unwrap();
+    r.symlink("/lib/x86_64-linux-gnu/libcuda.so", "libcuda.so.1")
+        .unwrap();
+    r.write_file_atomic("/etc/ld.so.cache", cache, 0o644)
+        .unwrap();
+    r.write_file_atomic("/etc/vulkan/icd.d/nvidia.json", b"{}", 0o644)
+        .unwrap();
+    tr.finish(&r);
+}
+
+fn store_files(t: &Tmp) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(t.0.join("store"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".lock")
+        .collect();
+    v.sort();
+    v
+}
+
+const NO_BUNDLE: &str = "/nonexistent/nvhook-bundle";
+
+#[test]
+fn poststop_puts_the_rootfs_back_exactly() {
+    let t = tmp("exact");
+    let root = t.0.join("root");
+    let before = tree(&root);
+    prestart(&t, "c1", true, b"nvhook's cache");
+    let during = tree(&root);
+    assert_ne!(before, during);
+    assert!(root.join("usr/local/nvidia/lib64").is_dir());
+    assert_eq!(
+        std::fs::read(root.join("etc/ld.so.cache")).unwrap(),
+        b"nvhook's cache"
+    );
+    assert_eq!(store_files(&t), ["c1", "c1@0"]);
+    let s = store(&t);
+    let u = poststop(&s, "c1", Path::new(NO_BUNDLE)).unwrap();
+    assert_eq!(
+        u,
+        Undone::Restored {
+            restored: 11,
+            left: 0
+        },
+        "{:?}",
+        tree(&root)
+    );
+    assert_eq!(before, tree(&root));
+    assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+    // a second poststop, and one of a container nvhook never saw: nothing to do
+    assert_eq!(
+        poststop(&s, "c1", Path::new(NO_BUNDLE)).unwrap(),
+        Undone::NoRecord
+    );
+    assert_eq!(
+        poststop(&s, "other", Path::new(NO_BUNDLE)).unwrap(),
+        Undone::NoRecord
+    );
+    assert_eq!(
+        poststop(&s, "../c1", Path::new(NO_BUNDLE)).unwrap(),
+        Undone::NoRecord
+    );
+}
+
+#[test]
+fn a_second_run_without_poststop_keeps_the_first_ones_original() {
+    let t = tmp("twice");
+    let root = t.0.join("root");
+    let before = tree(&root);
+    prestart(&t, "c1", false, b"cache one");
+    // the same id again (a bundle run again, its poststop never came): the entries exist,
+    // the cache is rewritten from nvhook's own
+    prestart(&t, "c1", true, b"cache two");
+    let s = store(&t);
+    poststop(&s, "c1", Path::new(NO_BUNDLE)).unwrap();
+    assert_eq!(before, tree(&root));
+    assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+}
+
+#[test]
+fn a_running_container_on_the_same_rootfs_keeps_the_entries() {
+    let t = tmp("shared");
+    let root = t.0.join("root");
+    let before = tree(&root);
+    prestart(&t, "first", true, b"cache one");
+    // a second container starts on the same rootfs while the first runs: it finds the entries
+    prestart(&t, "second", true, b"cache two");
+    let during = tree(&root);
+    let s = store(&t);
+    assert_eq!(
+        poststop(&s, "first", Path::new(NO_BUNDLE)).unwrap(),
+        Undone::HandedOver {
+            to: "second".into()
+        }
+    );
+    assert_eq!(
+        during,
+        tree(&root),
+        "the running container's mount points must stay"
+    );
+    assert!(matches!(
+        poststop(&s, "second", Path::new(NO_BUNDLE)).unwrap(),
+        Undone::Restored { left: 0, .. }
+    ));
+    assert_eq!(before, tree(&root));
+    assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+}
+
+#[test]
+fn a_gone_rootfs_drops_the_record() {
+    let t = tmp("gone");
+    prestart(&t, "c1", true, b"x");
+    std::fs::rename(t.0.join("root"), t.0.join("moved")).unwrap();
+    std::fs::create_dir(t.0.join("root")).unwrap();
+    let s = store(&t);
+    assert_eq!(
+        poststop(&s, "c1", Path::new(NO_BUNDLE)).unwrap(),
+        Undone::RootfsGone
+    );
+    assert!(store_files(&t).is_empty());
+    assert!(
+        t.0.join("moved/usr/local/nvidia/lib64").is_dir(),
+        "nothing is touched"
+    );
+}
+
+#[test]
+fn swapped_entries_are_left_and_nothing_else_is_removed() {
+    let t = tmp("swap");
+    let root = t.0.join("root");
+    prestart(&t, "c1", true, b"nvhook's cache");
+    // the created mount-point directory becomes a symlink to a host directory with a canary
+    std::fs::remove_dir(root.join("usr/local/nvidia/lib64")).unwrap();
+    symlink(t.0.join("outside"), root.join("usr/local/nvidia/lib64")).unwrap();
+    // the created empty file is renamed away and an important file put in its place
+    std::fs::rename(root.join("usr/bin/nvidia-smi"), root.join("usr/bin/moved")).unwrap();
+    std::fs::write(root.join("usr/bin/nvidia-smi"), b"important").unwrap();
+    // a directory on the way to a created entry becomes a symlink to the outside
+    std::fs::rename(root.join("etc/vulkan"), root.join("etc/vulkan-moved")).unwrap();
+    symlink(t.0.join("outside"), root.join("etc/vulkan")).unwrap();
+    std::fs::create_dir(t.0.join("outside/icd.d")).unwrap();
+    std::fs::write(t.0.join("outside/icd.d/nvidia.json"), b"host's").unwrap();
+    // the cache nvhook wrote is replaced by the container's own
+    std::fs::write(root.join("etc/ld.so.cache.new"), b"container's").unwrap();
+    std::fs::rename(
+        root.join("etc/ld.so.cache.new"),
+        root.join("etc/ld.so.cache"),
+    )
+    .unwrap();
+    let s = store(&t);
+    let u = poststop(&s, "c1", Path::new(NO_BUNDLE)).unwrap();
+    // left: the four swapped entries, and the three directories on their way (not empty, or
+    // now a symlink) and one under a symlinked directory
+    assert_eq!(
+        u,
+        Undone::Restored {
+            restored: 3,
+            left: 8
+        }
+    );
+    assert_eq!(
+        std::fs::read(t.0.join("outside/canary")).unwrap(),
+        b"canary"
+    );
+    assert_eq!(
+        std::fs::read(t.0.join("outside/icd.d/nvidia.json")).unwrap(),
+        b"host's"
+    );
+    assert_eq!(
+        std::fs::read(root.join("usr/bin/nvidia-smi")).unwrap(),
+        b"important"
+    );
+    assert!(root.join("usr/bin/moved").exists());
+    assert_eq!(
+        std::fs::read(root.join("etc/ld.so.cache")).unwrap(),
+        b"container's"
+    );
+    assert!(
+        root.join("usr/local/nvidia/lib64")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(store_files(&t).is_empty());
+}
+
+#[test]
+fn absorb_chains_changes_of_one_path() {
+    let id = |ino| Identity { dev: 1, ino };
+    let blob = |b: &str, ino| Saved::File {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        blob: b.into(),
+        id: id(ino),
+    };
+    let e = |ino, before| Entry {
+        path: "/etc/ld.so.cache".into(),
+        kind: Kind::File,
+        id: id(ino),
+        before,
+    };
+    // the image's cache (inode 1) replaced by A's (2), then by B's (3)
+    let a = e(2, blob("a@0", 1));
+    let b = e(3, blob("b@0", 2));
+    for (first, then) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+        let mut into = vec![first];
+        let unused = absorb(&mut into, vec![then]);
+        assert_eq!(into, vec![e(3, blob("a@0", 1))]);
+        assert_eq!(unused, ["b@0"]);
+    }
+    // the same entry twice is kept once; another path is added
+    let mut into = vec![a.clone()];
+    assert!(absorb(&mut into, vec![a.clone()]).is_empty());
+    let mut d = e(9, Saved::Absent);
+    d.path = "/usr/bin/nvidia-smi".into();
+    absorb(&mut into, vec![d.clone()]);
+    assert_eq!(into, vec![a, d]);
+}
+
+#[test]
+fn the_record_of_a_gone_container_on_the_same_rootfs_is_taken_over() {
+    let t = tmp("adopt");
+    let root = t.0.join("root");
+    let before = tree(&root);
+    // a container whose poststop never came (runc without the hook), then another one
+    prestart(&t, "first", false, b"cache one");
+    prestart(&t, "second", true, b"cache two");
+    assert!(
+        !store_files(&t).contains(&"first".to_owned()),
+        "{:?}",
+        store_files(&t)
+    );
+    let s = store(&t);
+    assert_eq!(
+        poststop(&s, "first", Path::new(NO_BUNDLE)).unwrap(),
+        Undone::NoRecord
+    );
+    poststop(&s, "second", Path::new(NO_BUNDLE)).unwrap();
+    assert_eq!(before, tree(&root));
+    assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+}
+
+#[test]
+fn debris_of_a_killed_hook_goes_at_the_next_start_and_live_blobs_stay() {
+    let t = tmp("debris");
+    // a running container on another rootfs, with a kept original
+    let other = tmp("debris-other");
+    prestart(&other, "live", true, b"x");
+    drop(store(&t));
+    for f in ["live", "live@0"] {
+        std::fs::copy(other.0.join("store").join(f), t.0.join("store").join(f)).unwrap();
+    }
+    // what a hook killed in the middle of a record write leaves
+    std::fs::write(t.0.join("store/.killed.123.tmp"), b"").unwrap();
+    std::fs::write(t.0.join("store/killed@0"), b"orphan").unwrap();
+    prestart(&t, "next", true, b"y");
+    assert_eq!(store_files(&t), ["live", "live@0", "next", "next@0"]);
+}
