@@ -56,6 +56,10 @@ pub struct Config {
     /// the driver version and the driver directories at every start; src/nvidia/cache.rs). An
     /// empty path turns the cache off.
     pub cache_dir: PathBuf,
+    /// When the container's cgroup is a systemd unit, also record the granted nodes in the unit
+    /// (`DeviceAllow=`, runtime) over the system bus, so that `systemctl daemon-reload` keeps
+    /// them (docs/systemd.md).
+    pub systemd_device_grants: bool,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             log_file: None,
             classes_dir: PathBuf::from(DEFAULT_CLASSES_DIR),
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            systemd_device_grants: true,
         }
     }
 }
@@ -162,6 +167,9 @@ mod tests {
         assert_eq!(c.classes_dir, Path::new("/etc/nvhook/classes.d"));
         let c = Config::parse("classes-dir = \"/srv/classes\"\n").unwrap();
         assert_eq!(c.classes_dir, Path::new("/srv/classes"));
+        assert!(Config::default().systemd_device_grants);
+        let c = Config::parse("systemd-device-grants = false\n").unwrap();
+        assert!(!c.systemd_device_grants);
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub fn run(
     }
     hooks(&mut f, hook_dirs);
     cgroups(&mut f, &config);
+    systemd(&mut f, &config);
     runtimes(&mut f);
     docker::check(&mut f, Path::new("/proc"));
     classes(&mut f, &config);
@@ -444,6 +445,63 @@ fn cgroups(f: &mut Findings, c: &Config) {
         f.add("cgroups", Status::Info, format!("cgroup {kind}; no-cgroups is set: nvhook grants no device access"), "the runtime or its config must allow the NVIDIA devices, or opening them fails with EPERM");
     } else {
         f.add("cgroups", Status::Ok, format!("cgroup {kind}: {how}"), "");
+    }
+}
+
+/// Is this host affected by systemd re-applying device policies, and are nvhook's grants durable
+/// here (docs/systemd.md)?
+fn systemd(f: &mut Findings, c: &Config) {
+    use crate::apply::systemd::SYSTEM_BUS;
+    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+    let pid1 = Path::new("/run/systemd/system").is_dir();
+    let v2 = statfs("/sys/fs/cgroup").is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
+    let managers = crate::doctor_systemd::managers(Path::new("/"), pid1, v2);
+    if managers.is_empty() {
+        let why = if pid1 {
+            "systemd is PID 1, but no container engine found here uses its cgroup manager: \
+             daemon-reload does not touch containers' device access"
+        } else {
+            "systemd is not PID 1: containers' device access does not depend on it"
+        };
+        f.add("systemd", Status::Info, why.to_owned(), "");
+        return;
+    }
+    let list: Vec<String> = managers
+        .iter()
+        .map(|m| format!("{} ({})", m.engine, m.why))
+        .collect();
+    let affected = format!(
+        "affected: containers are systemd units here ({}), and `systemctl daemon-reload` rebuilds their device policy",
+        list.join("; ")
+    );
+    if c.no_cgroups {
+        f.add(
+            "systemd",
+            Status::Info,
+            format!("{affected}; no-cgroups is set: nvhook grants nothing"),
+            "",
+        );
+    } else if !c.systemd_device_grants {
+        f.add(
+            "systemd",
+            Status::Warn,
+            format!("{affected}; systemd-device-grants = false: a daemon-reload (package upgrades run it) takes GPUs away from running containers (EPERM)"),
+            "set systemd-device-grants = true in the config",
+        );
+    } else if !Path::new(SYSTEM_BUS).exists() {
+        f.add(
+            "systemd",
+            Status::Warn,
+            format!("{affected}; but {SYSTEM_BUS} is missing: nvhook cannot record its grants with systemd, a daemon-reload takes them away"),
+            "install and start dbus (apt-get install dbus)",
+        );
+    } else {
+        f.add(
+            "systemd",
+            Status::Ok,
+            format!("{affected}; nvhook records each grant in the container's unit (DeviceAllow=, runtime): it survives daemon-reload"),
+            "",
+        );
     }
 }
 

@@ -3,7 +3,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::apply::{self, cgroup::DeviceCgroup, namespace::MountNamespace, userns::Privilege};
+use crate::apply::{
+    self, cgroup::DeviceCgroup, namespace::MountNamespace, systemd, userns::Privilege,
+};
 use crate::class::{self, ClassInventory};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -117,6 +119,16 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         .then(|| apply::userns::device_policy(pid, container.cgroups_path.as_deref()))
         .flatten();
     t.mark("cgroup_open");
+    // Forked here, single-threaded and still in the host's mount namespace: the child connects to
+    // the bus while this process mounts.
+    let unit = cgroup
+        .as_ref()
+        .and_then(|cg| systemd::unit_of(container.cgroups_path.as_deref(), &cg.proc_path));
+    let mut durable = unit
+        .clone()
+        .filter(|_| config.systemd_device_grants)
+        .and_then(systemd::Pending::start);
+    t.mark("systemd_check");
     ns.enter()?;
     t.mark("setns");
 
@@ -130,6 +142,9 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         _ => Plan::default(),
     };
     class::merge_into(&mut plan, &class_invs, &layout);
+    if let Some(d) = &mut durable {
+        d.send(&plan.cgroup_rules);
+    }
     t.mark("plan");
     if rootless {
         apply::userns::preflight(&plan, &container.user, privilege, policy.as_ref())?;
@@ -150,8 +165,37 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         t.mark("record");
     }
     applied?;
+    // systemd's answer, if it came while this process mounted; otherwise the child records the
+    // nodes alone (the container's start does not wait for systemd). Where it came, systemd's
+    // rebuilt program already allows the nodes and the grant below leaves it as it is (it
+    // re-checks every program). That is also how an ancestor program of the container's own unit
+    // (a runtime that nests the container in a sub-cgroup of its scope) comes to allow them:
+    // systemd rebuilds it from DeviceAllow=; nvhook never widens a program above the container's
+    // cgroup.
+    let asked = match durable {
+        Some(d) => {
+            let answer = d.finish(&plan.cgroup_rules);
+            t.mark("systemd");
+            match answer {
+                Some(true) => "recorded",
+                Some(false) => "asked, and it failed (see the warning)",
+                None => "asked, the answer still pending",
+            }
+        }
+        None if !config.systemd_device_grants => "not asked: systemd-device-grants = false",
+        None => "not asked: no system bus",
+    };
     if let Some(cg) = &cgroup {
-        cg.grant(&plan.cgroup_rules)?;
+        if let Err(e) = cg.grant(&plan.cgroup_rules) {
+            if let (Error::CgroupAncestorDenies { ancestor, .. }, Some(u)) = (&e, &unit)
+                && ancestor.file_name().is_some_and(|n| *n == **u)
+            {
+                log::warn!(
+                    "the denying program is on the container's own systemd unit {u}; systemd was {asked}"
+                );
+            }
+            return Err(e);
+        }
         log::debug!(
             "granted {} device(s) in {}",
             plan.cgroup_rules.len(),

@@ -15,6 +15,7 @@ pub mod cleanup;
 pub mod config;
 pub mod devnode;
 pub mod doctor;
+pub mod doctor_systemd;
 pub mod elf;
 pub mod error;
 #[doc(hidden)]

@@ -48,10 +48,10 @@ pub fn init() {
             r.args()
         )
     });
-    if let Some(f) = std::env::var_os("NVHOOK_LOG_FILE").and_then(|p| open_append(Path::new(&p))) {
-        if let Ok(mut g) = FILE.lock() {
-            *g = Some(f);
-        }
+    if let Some(f) = std::env::var_os("NVHOOK_LOG_FILE").and_then(|p| open_append(Path::new(&p)))
+        && let Ok(mut g) = FILE.lock()
+    {
+        *g = Some(f);
     }
     b.target(env_logger::Target::Pipe(Box::new(Sink)));
     let _ = b.try_init();
@@ -60,10 +60,10 @@ pub fn init() {
 /// Send the log to the config's `log-file`, unless NVHOOK_LOG_FILE already chose a file.
 pub fn to_file(path: Option<&Path>) {
     let Some(path) = path else { return };
-    if let Ok(mut g) = FILE.lock() {
-        if g.is_none() {
-            *g = open_append(path);
-        }
+    if let Ok(mut g) = FILE.lock()
+        && g.is_none()
+    {
+        *g = open_append(path);
     }
 }
 

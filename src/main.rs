@@ -283,11 +283,11 @@ fn report_to_runtime(msg: &str) {
             args.iter()
                 .find_map(|a| a.strip_prefix("--log=").map(str::to_owned))
         });
-    if let (true, Some(log)) = (json, log) {
-        if log.starts_with('/') {
-            let line = serde_json::json!({"level": "error", "msg": msg.trim_end()});
-            append(&log, &format!("{line}\n"), nix::libc::O_NOFOLLOW);
-        }
+    if let (true, Some(log)) = (json, log)
+        && log.starts_with('/')
+    {
+        let line = serde_json::json!({"level": "error", "msg": msg.trim_end()});
+        append(&log, &format!("{line}\n"), nix::libc::O_NOFOLLOW);
     }
 }
 

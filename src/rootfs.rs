@@ -625,16 +625,17 @@ impl Rootfs {
             );
             cur = match next {
                 Ok(fd) => {
-                    if created && self.journaling() {
-                        if let Ok(st) = fstat(&fd) {
-                            self.journal(
-                                cur.as_fd(),
-                                name,
-                                Kind::Dir,
-                                Identity::of(&st),
-                                Before::Absent,
-                            );
-                        }
+                    if created
+                        && self.journaling()
+                        && let Ok(st) = fstat(&fd)
+                    {
+                        self.journal(
+                            cur.as_fd(),
+                            name,
+                            Kind::Dir,
+                            Identity::of(&st),
+                            Before::Absent,
+                        );
                     }
                     fd
                 }
@@ -798,10 +799,10 @@ impl Rootfs {
             source,
         };
         let journal_link = |before: Before| {
-            if let Ok(st) = fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-                if Kind::of(st.st_mode) == Kind::Symlink {
-                    self.journal(dir.as_fd(), name, Kind::Symlink, Identity::of(&st), before);
-                }
+            if let Ok(st) = fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                && Kind::of(st.st_mode) == Kind::Symlink
+            {
+                self.journal(dir.as_fd(), name, Kind::Symlink, Identity::of(&st), before);
             }
         };
         match nix::unistd::symlinkat(target, dir.as_fd(), name) {

@@ -96,6 +96,14 @@ fn doctor_checks_the_fake_host() {
         "{v:#}"
     );
     assert!(!finding(&v, "cgroups", "ok").is_empty());
+    // this machine has no systemd as PID 1: not affected by daemon-reload (docs/systemd.md)
+    assert!(
+        finding(&v, "systemd", "info").iter().any(|f| f["message"]
+            .as_str()
+            .unwrap()
+            .contains("systemd is not PID 1")),
+        "{v:#}"
+    );
     // every non-ok finding says what to do
     for f in v["findings"].as_array().unwrap() {
         if f["status"] == "warn" || f["status"] == "error" {

@@ -62,10 +62,9 @@ fn install_spec(text: &str) -> Installed {
         if let Some(pid) = name
             .strip_prefix("nvhook-e2e-")
             .and_then(|r| r.strip_suffix(".json"))
+            && !Path::new(&format!("/proc/{pid}")).exists()
         {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_file(e.path());
-            }
+            let _ = std::fs::remove_file(e.path());
         }
     }
     let path = Path::new(CDI_DIR).join(format!("nvhook-e2e-{}.json", std::process::id()));

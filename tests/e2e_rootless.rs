@@ -122,14 +122,13 @@ fn rootless() -> &'static Rootless {
         let xdg = PathBuf::from(format!("/run/nvhook-rootless-{uid}"));
         // The previous run's rootless podman left its pause process (it holds the user's
         // namespaces); end it by its pid file before its runtime directory is removed.
-        if let Ok(pid) = std::fs::read_to_string(xdg.join("libpod/tmp/pause.pid")) {
-            if let Ok(pid) = pid.trim().parse::<u32>() {
+        if let Ok(pid) = std::fs::read_to_string(xdg.join("libpod/tmp/pause.pid"))
+            && let Ok(pid) = pid.trim().parse::<u32>() {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
                     .stderr(Stdio::null())
                     .status();
             }
-        }
         let dir = PathBuf::from("/var/tmp/nvhook-rootless-test");
         let _ = Command::new("umount")
             .arg("-l")

@@ -956,12 +956,11 @@ fn elf_seeds() -> &'static [Vec<u8>] {
             "libpthread.so.0",
             "librt.so.1",
         ] {
-            if let Some(e) = cache.lookup(name, native_flags()) {
-                if let Ok(b) = std::fs::read(&e.value) {
-                    if b.len() <= 64 << 10 {
-                        v.push(b);
-                    }
-                }
+            if let Some(e) = cache.lookup(name, native_flags())
+                && let Ok(b) = std::fs::read(&e.value)
+                && b.len() <= 64 << 10
+            {
+                v.push(b);
             }
         }
         assert!(

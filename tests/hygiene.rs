@@ -210,8 +210,9 @@ fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
 }
 
 /// nvhook starts exactly one kind of program: `doctor` asks the runtimes for their version, with a
-/// cleared environment. Nothing else in `src/` or `sys/` spawns or execs (the NVML child is a
-/// fork of nvhook itself, in nvhook-sys). A new `Command` anywhere fails this test until it is
+/// cleared environment. Nothing else in `src/` or `sys/` spawns or execs. Its children are forks
+/// of nvhook itself, all through the one `libc::fork()` of nvhook-sys (`fork_child`): the NVML
+/// child and the systemd D-Bus child (src/apply/systemd.rs); neither execs. A new `Command` anywhere fails this test until it is
 /// reviewed and listed here.
 #[test]
 fn nothing_is_executed_but_doctors_runtime_versions() {
@@ -252,7 +253,7 @@ fn nothing_is_executed_but_doctors_runtime_versions() {
     assert_eq!(
         found.len(),
         2,
-        "expected exactly doctor's runtime --version and the NVML fork: {found:?}"
+        "expected exactly doctor's runtime --version and nvhook-sys's one fork (NVML and systemd children): {found:?}"
     );
     assert!(
         unexpected.is_empty(),

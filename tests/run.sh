@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     echo "  e.g. sudo env \"PATH=\$PATH\" make test" >&2
     exit 1
 fi
-command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust >= 1.85, e.g. from rustup.rs)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust >= 1.89, e.g. from rustup.rs)" >&2; exit 1; }
 
 PKGS="runc crun podman conmon busybox-static build-essential python3 iproute2 util-linux uidmap catatonit groff-base python3-venv shellcheck strace git docker.io rootlesskit debootstrap systemd-container"
 missing=""

@@ -194,6 +194,9 @@ pub struct DeviceCgroup {
     v2: Vec<(OwnedFd, PathBuf)>,
     /// pure v2 (no v1 devices controller): a missing program there means "no restriction".
     hybrid: bool,
+    /// The process's cgroup as `/proc/<pid>/cgroup` names it (the v1 devices one on a hybrid
+    /// host, else the cgroup2 one): where a systemd unit is recognised ([`super::systemd`]).
+    pub proc_path: String,
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
@@ -231,6 +234,11 @@ impl DeviceCgroup {
 
     fn from_texts(proc_cgroup: &str, mountinfo: &str) -> Result<DeviceCgroup, Error> {
         let dirs = cgroup_dirs(proc_cgroup, mountinfo)?;
+        let (v1_path, v2_path) = parse_proc_cgroup(proc_cgroup);
+        let proc_path = match (&dirs.v1, v1_path, v2_path) {
+            (Some(_), Some(p), _) | (_, _, Some(p)) => p,
+            _ => String::new(),
+        };
         let v1 = match dirs.v1 {
             Some(dir) => Some((open_dir(&dir)?, dir)),
             None => None,
@@ -244,6 +252,7 @@ impl DeviceCgroup {
             hybrid: v1.is_some(),
             v1,
             v2,
+            proc_path,
         })
     }
 
@@ -481,6 +490,19 @@ fn grant_v2_leaf(
         if bpfprog::already_allows(rules, &insns) {
             log::debug!(
                 "cgroup {}: program {id} already allows the devices",
+                path.display()
+            );
+            continue;
+        }
+        // A program that allows them by its own rules (systemd's, rebuilt from the DeviceAllow=
+        // nvhook just recorded: src/apply/systemd.rs) is left as it is: replacing it would leave
+        // systemd a program it can no longer detach at its next re-application.
+        if rules
+            .iter()
+            .all(|r| bpfeval::decide(&insns, r) == Verdict::Allow)
+        {
+            log::debug!(
+                "cgroup {}: program {id} allows the devices by its own rules",
                 path.display()
             );
             continue;

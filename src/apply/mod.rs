@@ -9,6 +9,7 @@ pub mod bpfeval;
 pub mod bpfprog;
 pub mod cgroup;
 pub mod namespace;
+pub mod systemd;
 pub mod userns;
 
 use std::os::fd::AsFd;

@@ -130,11 +130,10 @@ impl HookArgs {
     /// entry of a soname wins), then the links and the driver's entries.
     pub fn plan(&self, rootfs: &Rootfs) -> Plan {
         let mut p = Plan::default();
-        if let Some(host) = &self.cuda_compat {
-            if let Some(c) = compat::detect(rootfs).filter(|c| compat::use_compat(&c.version, host))
-            {
-                nvidia::plan_cuda_compat(&mut p, &c);
-            }
+        if let Some(host) = &self.cuda_compat
+            && let Some(c) = compat::detect(rootfs).filter(|c| compat::use_compat(&c.version, host))
+        {
+            nvidia::plan_cuda_compat(&mut p, &c);
         }
         for l in &self.links {
             p.add_symlink(l.path.clone(), l.target.clone());

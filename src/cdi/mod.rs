@@ -171,13 +171,13 @@ impl GenerateArgs {
         }
         validate_kind(&g.kind)?;
         validate_version(&g.version)?;
-        if let Some(p) = &g.hook_path {
-            if !p.is_absolute() {
-                return Err(Error::Usage(format!(
-                    "--hook-path {}: must be absolute (runtimes exec it as is)",
-                    p.display()
-                )));
-            }
+        if let Some(p) = &g.hook_path
+            && !p.is_absolute()
+        {
+            return Err(Error::Usage(format!(
+                "--hook-path {}: must be absolute (runtimes exec it as is)",
+                p.display()
+            )));
         }
         Ok(g)
     }

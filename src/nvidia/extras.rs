@@ -132,15 +132,15 @@ pub fn config_files(root: &Rootfs, display: bool) -> Vec<DriverFile> {
     let mut out = Vec::new();
     for (rel, target_dir) in list {
         for dir in CONFIG_DIRS {
-            if let Ok(host_path) = root.real_path(&format!("/{dir}/{rel}")) {
-                if host_path.is_file() {
-                    out.push(DriverFile {
-                        target: format!("{target_dir}/{}", base_name(Path::new(rel))),
-                        host_path,
-                        directory: false,
-                    });
-                    break;
-                }
+            if let Ok(host_path) = root.real_path(&format!("/{dir}/{rel}"))
+                && host_path.is_file()
+            {
+                out.push(DriverFile {
+                    target: format!("{target_dir}/{}", base_name(Path::new(rel))),
+                    host_path,
+                    directory: false,
+                });
+                break;
             }
         }
     }
@@ -176,15 +176,15 @@ pub fn xorg_modules(
             }
         });
         for dir in dirs {
-            if let Ok(host_path) = root.real_path(&format!("/{dir}/{name}")) {
-                if host_path.is_file() {
-                    out.push(DriverFile {
-                        host_path,
-                        target: format!("{target_dir}/{name}"),
-                        directory: false,
-                    });
-                    break;
-                }
+            if let Ok(host_path) = root.real_path(&format!("/{dir}/{name}"))
+                && host_path.is_file()
+            {
+                out.push(DriverFile {
+                    host_path,
+                    target: format!("{target_dir}/{name}"),
+                    directory: false,
+                });
+                break;
             }
         }
     }
@@ -262,16 +262,15 @@ pub fn ipc(root: &Rootfs, utility: bool, compute: bool) -> Vec<DriverFile> {
             }
         }
     }
-    if compute {
-        if let Ok(p) = root.real_path("/tmp/nvidia-mps") {
-            if p.is_dir() {
-                out.push(DriverFile {
-                    host_path: p,
-                    target: "/tmp/nvidia-mps".into(),
-                    directory: true,
-                });
-            }
-        }
+    if compute
+        && let Ok(p) = root.real_path("/tmp/nvidia-mps")
+        && p.is_dir()
+    {
+        out.push(DriverFile {
+            host_path: p,
+            target: "/tmp/nvidia-mps".into(),
+            directory: true,
+        });
     }
     out
 }

@@ -310,15 +310,15 @@ impl DriverRoot {
     /// `<firmware dir>/nvidia/<version>`, as the kernel's firmware loader searches).
     pub fn firmware_dirs(&self) -> Vec<String> {
         let mut dirs: Vec<String> = Vec::new();
-        if self.root_path == Path::new("/") {
-            if let Ok(custom) = crate::bounded::read_to_string(
+        if self.root_path == Path::new("/")
+            && let Ok(custom) = crate::bounded::read_to_string(
                 Path::new("/sys/module/firmware_class/parameters/path"),
                 crate::bounded::PROC_TEXT,
-            ) {
-                let custom = custom.trim();
-                if !custom.is_empty() {
-                    dirs.push(custom.to_owned());
-                }
+            )
+        {
+            let custom = custom.trim();
+            if !custom.is_empty() {
+                dirs.push(custom.to_owned());
             }
         }
         let release = nix::sys::utsname::uname()

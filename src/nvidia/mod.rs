@@ -308,13 +308,12 @@ fn driver_files(
     let mut libraries32 = Vec::new();
     if caps.has(request::Capability::Compat32) && std::env::consts::ARCH == "x86_64" {
         for name in &names {
-            if let Some(lib) = root.find_library(name, crate::ldcache::FLAG_ELF_LIBC6) {
-                if !libraries32
+            if let Some(lib) = root.find_library(name, crate::ldcache::FLAG_ELF_LIBC6)
+                && !libraries32
                     .iter()
                     .any(|l: &Library| l.host_path == lib.host_path)
-                {
-                    libraries32.push(lib);
-                }
+            {
+                libraries32.push(lib);
             }
         }
     }

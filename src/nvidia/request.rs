@@ -243,10 +243,10 @@ impl Request {
         src: &Sources<'_>,
     ) -> Result<Option<Request>, Error> {
         let mut r = Self::from_container_sources(env, supported, src)?;
-        if src.disable_require {
-            if let Some(r) = r.as_mut() {
-                r.requirements.clear();
-            }
+        if src.disable_require
+            && let Some(r) = r.as_mut()
+        {
+            r.requirements.clear();
         }
         Ok(r)
     }
