@@ -29,4 +29,7 @@ cp -r "$snap/crates" "$db/"
     git -c user.name=nvhook -c user.email=nvhook@localhost add -A
     git -c user.name=nvhook -c user.email=nvhook@localhost commit -qm "rustsec/advisory-db $commit (our dependencies only)"
 )
+# cargo-deny reads the metadata of every locked package, also those built only for other
+# platforms (windows-sys, ...), which a build never downloads: fetch them all first (crates.io).
+cargo fetch --locked >/dev/null
 cargo deny --offline check licenses bans sources advisories
