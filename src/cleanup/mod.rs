@@ -244,23 +244,38 @@ impl Tracker {
     fn try_begin(&self, rootfs: &Rootfs) -> std::io::Result<()> {
         let root = rootfs.identity().map_err(std::io::Error::other)?;
         let _lock = self.store.lock()?;
+        // every record once in a while (records of gone rootfs, debris of killed hooks); else
+        // only the records of this rootfs, from the index, and an earlier one of this id
+        let sweep = self.store.sweep_due();
+        let candidates = if sweep {
+            self.store.ids()?
+        } else {
+            let mut ids = self.store.ids_on(root)?;
+            if !ids.contains(&self.id) && self.store.has(&self.id) {
+                ids.push(self.id.clone());
+            }
+            ids
+        };
         let mut entries = Vec::new();
         // the blobs the records kept refer to; the others are debris of a killed hook
         let mut referenced: Vec<String> = Vec::new();
-        let mut keep = |r: &Record| {
+        // the records that stay, with their rootfs (for the sweep of the index)
+        let mut staying: Vec<(String, Identity)> = Vec::new();
+        let mut keep = |other: &str, r: &Record| {
             referenced.extend(
                 r.entries
                     .iter()
                     .filter_map(|e| e.before.blob().map(str::to_owned)),
-            )
+            );
+            staying.push((other.to_owned(), r.root));
         };
-        for other in self.store.ids()? {
+        for other in candidates {
             let old = match self.store.read(&other) {
                 Ok(Some(r)) => r,
                 _ => continue,
             };
             if other != self.id && alive(&old) {
-                keep(&old);
+                keep(&other, &old);
                 continue;
             }
             if old.root == root && old.rootfs == rootfs.path() {
@@ -268,7 +283,7 @@ impl Tracker {
                 self.store.remove_blob_names(&unused);
                 if other != self.id {
                     log::debug!("taking over the record of gone container {other}");
-                    self.store.remove_file(&other);
+                    self.store.remove_record_file(&other, old.root);
                 }
             } else if other == self.id {
                 log::warn!(
@@ -283,15 +298,21 @@ impl Tracker {
                 );
                 self.store.remove_record(&other, &old);
             } else {
-                keep(&old);
+                keep(&other, &old);
             }
         }
-        referenced.extend(
-            entries
-                .iter()
-                .filter_map(|e: &Entry| e.before.blob().map(str::to_owned)),
-        );
-        self.store.remove_debris(&referenced);
+        if sweep {
+            referenced.extend(
+                entries
+                    .iter()
+                    .filter_map(|e: &Entry| e.before.blob().map(str::to_owned)),
+            );
+            self.store.remove_debris(&referenced);
+            // this container's index entry is written with its record below
+            staying.push((self.id.clone(), root));
+            self.store.remove_stale_index(&staying);
+            self.store.mark_swept();
+        }
         self.store.write(
             &self.id,
             &Record {
@@ -397,7 +418,7 @@ pub fn poststop(store: &Store, id: &str, bundle: &Path) -> std::io::Result<Undon
     // the other records on this rootfs
     let mut alive_ones = Vec::new();
     let mut gone = Vec::new();
-    for other in store.ids()? {
+    for other in store.ids_on(rec.root)? {
         if other == id {
             continue;
         }
@@ -421,9 +442,9 @@ pub fn poststop(store: &Store, id: &str, bundle: &Path) -> std::io::Result<Undon
         let unused = absorb(&mut target.entries, entries);
         store.remove_blob_names(&unused);
         store.write(&to, &target)?;
-        store.remove_file(id);
+        store.remove_record_file(id, rec.root);
         for (g, _) in &gone {
-            store.remove_file(g);
+            store.remove_record_file(g, rec.root);
         }
         log::debug!(
             "container {id}: container {to} still runs on {}; it keeps the entries",
@@ -433,9 +454,9 @@ pub fn poststop(store: &Store, id: &str, bundle: &Path) -> std::io::Result<Undon
     }
     let (restored, left) = undo::undo(&root, &entries, store);
     store.remove_blobs(&entries);
-    store.remove_file(id);
+    store.remove_record_file(id, rec.root);
     for (g, _) in &gone {
-        store.remove_file(g);
+        store.remove_record_file(g, rec.root);
     }
     log::debug!(
         "container {id}: {restored} entr(ies) of nvhook put back in {}, {left} left",

@@ -1,5 +1,10 @@
-//! The record directory: `/run/nvhook` (0700, root's), one JSON file per container id, the
-//! original bytes of replaced files as `<id>@<n>`, and `.lock`.
+//! The record directory: `/run/nvhook/containers` (0700, root's), one JSON file per container id,
+//! the original bytes of replaced files as `<id>@<n>`, `.lock`, and an index of the records by
+//! the rootfs they are about: `.by-root/<dev>-<ino>_<id>` (empty files). A start reads only the
+//! records of its own rootfs through the index (not every record of the host: with many
+//! containers, and in a burst of starts under the one lock, reading all of them cost milliseconds
+//! per start, measured on the GPU host); the whole directory is swept (records of gone rootfs,
+//! debris, stale index entries) at most once per [`SWEEP_EVERY`], stamped by `.swept`.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -11,10 +16,23 @@ use nix::sys::stat::{Mode, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::{Entry, RECORD_VERSION, Record};
+use crate::rootfs::Identity;
 
 /// A record is a few hundred bytes per entry; anything larger is not ours.
 const MAX_RECORD: u64 = 16 << 20;
 const MAX_BLOB: u64 = 64 << 20;
+
+/// The index of records by rootfs identity.
+const INDEX: &str = ".by-root";
+/// The time of the last sweep (its mtime).
+const SWEPT: &str = ".swept";
+/// How often a start sweeps the whole directory.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The index entry of record `id` about the rootfs `root`.
+fn index_name(id: &str, root: Identity) -> String {
+    format!("{}-{}_{id}", root.dev, root.ino)
+}
 
 /// Can `id` name a record file? The runtime's container id (runc allows `[\w+.-]`), never `.`
 /// or `..`, no `/`; a leading `.` is refused too (the lock and temporary files start with one),
@@ -220,9 +238,116 @@ impl Store {
         Ok(Some(rec))
     }
 
+    /// Write the record of `id` and its index entry.
     pub fn write(&self, id: &str, rec: &Record) -> std::io::Result<()> {
         let json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-        self.write_file(id, &json, false)
+        self.write_file(id, &json, false)?;
+        let index = self.index(true)?;
+        match openat(
+            index.as_fd(),
+            index_name(id, rec.root).as_str(),
+            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(std::io::Error::other(format!(
+                "{}/{INDEX}: cannot index the record of {id}: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// The index directory (with `create`, made if missing).
+    fn index(&self, create: bool) -> std::io::Result<OwnedFd> {
+        if create {
+            match nix::sys::stat::mkdirat(self.dir.as_fd(), INDEX, Mode::from_bits_truncate(0o700))
+            {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        openat(
+            self.dir.as_fd(),
+            INDEX,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)
+    }
+
+    /// The ids whose records the index lists for the rootfs `root`.
+    pub fn ids_on(&self, root: Identity) -> std::io::Result<Vec<String>> {
+        let index = match self.index(false) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let prefix = index_name("", root);
+        Ok(names_in(index)?
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(prefix.as_str()).map(str::to_owned))
+            .filter(|id| valid_id(id))
+            .collect())
+    }
+
+    /// Remove the record file of `id` (about rootfs `root`) and its index entry; not its blobs.
+    pub fn remove_record_file(&self, id: &str, root: Identity) {
+        self.remove_file(id);
+        if let Ok(index) = self.index(false) {
+            match unlinkat(
+                index.as_fd(),
+                index_name(id, root).as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => log::warn!(
+                    "cannot remove {}/{INDEX} entry of {id}: {e}",
+                    self.path.display()
+                ),
+            }
+        }
+    }
+
+    /// Index entries whose record is missing or about another rootfs (`roots`: every record's
+    /// id and rootfs, read by the sweep) go; so do index entries that name no valid id.
+    pub fn remove_stale_index(&self, roots: &[(String, Identity)]) {
+        let (Ok(index), Ok(listing)) = (self.index(false), self.index(false)) else {
+            return;
+        };
+        let Ok(names) = names_in(listing) else {
+            return;
+        };
+        for n in names {
+            let live = roots.iter().any(|(id, root)| index_name(id, *root) == n);
+            if !live {
+                let _ = unlinkat(index.as_fd(), n.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+        }
+    }
+
+    /// Is a sweep of the whole directory due (none yet, or the last more than [`SWEEP_EVERY`]
+    /// ago)?
+    pub fn sweep_due(&self) -> bool {
+        let Ok(st) = fstatat(
+            self.dir.as_fd(),
+            SWEPT,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
+            return true;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let then = u64::try_from(st.st_mtime).unwrap_or(0);
+        // a clock set back counts as due
+        now < then || now - then >= SWEEP_EVERY.as_secs()
+    }
+
+    /// Stamp the sweep's time.
+    pub fn mark_swept(&self) {
+        if let Err(e) = self.write_file(SWEPT, b"", false) {
+            log::debug!("cannot stamp {}/{SWEPT}: {e}", self.path.display());
+        }
     }
 
     /// Keep `content` in a new blob of container `id`; returns its name.
@@ -269,10 +394,10 @@ impl Store {
         }
     }
 
-    /// Remove a record and its blobs.
+    /// Remove a record, its index entry and its blobs.
     pub fn remove_record(&self, id: &str, rec: &Record) {
         self.remove_blobs(&rec.entries);
-        self.remove_file(id);
+        self.remove_record_file(id, rec.root);
     }
 
     /// The container ids that have a record.
@@ -306,13 +431,18 @@ impl Store {
             Mode::empty(),
         )
         .map_err(io)?;
-        let mut d = nix::dir::Dir::from_fd(dup).map_err(io)?;
-        Ok(d.iter()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
-            .filter(|n| n != "." && n != "..")
-            .collect())
+        names_in(dup)
     }
+}
+
+/// The names in the directory `dir` (consumed), but `.` and `..`.
+fn names_in(dir: OwnedFd) -> std::io::Result<Vec<String>> {
+    let mut d = nix::dir::Dir::from_fd(dir).map_err(io)?;
+    Ok(d.iter()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+        .filter(|n| n != "." && n != "..")
+        .collect())
 }
 
 #[cfg(test)]

@@ -104,8 +104,21 @@ fn store_files(t: &Tmp) -> Vec<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != ".lock")
+        .filter(|n| n != ".lock" && n != ".swept" && n != ".by-root")
         .collect();
+    v.sort();
+    v
+}
+
+/// The entries of the store's index of records by rootfs.
+fn index_entries(t: &Tmp) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(t.0.join("store/.by-root"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -139,6 +152,7 @@ fn poststop_puts_the_rootfs_back_exactly() {
     );
     assert_eq!(before, tree(&root));
     assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+    assert!(index_entries(&t).is_empty(), "{:?}", index_entries(&t));
     // a second poststop, and one of a container nvhook never saw: nothing to do
     assert_eq!(
         poststop(&s, "c1", Path::new(NO_BUNDLE)).unwrap(),
@@ -167,6 +181,7 @@ fn a_second_run_without_poststop_keeps_the_first_ones_original() {
     poststop(&s, "c1", Path::new(NO_BUNDLE)).unwrap();
     assert_eq!(before, tree(&root));
     assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+    assert!(index_entries(&t).is_empty(), "{:?}", index_entries(&t));
 }
 
 #[test]
@@ -196,6 +211,7 @@ fn a_running_container_on_the_same_rootfs_keeps_the_entries() {
     ));
     assert_eq!(before, tree(&root));
     assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+    assert!(index_entries(&t).is_empty(), "{:?}", index_entries(&t));
 }
 
 #[test]
@@ -210,6 +226,7 @@ fn a_gone_rootfs_drops_the_record() {
         Undone::RootfsGone
     );
     assert!(store_files(&t).is_empty());
+    assert!(index_entries(&t).is_empty(), "{:?}", index_entries(&t));
     assert!(
         t.0.join("moved/usr/local/nvidia/lib64").is_dir(),
         "nothing is touched"
@@ -275,6 +292,7 @@ fn swapped_entries_are_left_and_nothing_else_is_removed() {
             .is_symlink()
     );
     assert!(store_files(&t).is_empty());
+    assert!(index_entries(&t).is_empty(), "{:?}", index_entries(&t));
 }
 
 #[test]
@@ -332,6 +350,7 @@ fn the_record_of_a_gone_container_on_the_same_rootfs_is_taken_over() {
     poststop(&s, "second", Path::new(NO_BUNDLE)).unwrap();
     assert_eq!(before, tree(&root));
     assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+    assert!(index_entries(&t).is_empty(), "{:?}", index_entries(&t));
 }
 
 #[test]
@@ -349,4 +368,48 @@ fn debris_of_a_killed_hook_goes_at_the_next_start_and_live_blobs_stay() {
     std::fs::write(t.0.join("store/killed@0"), b"orphan").unwrap();
     prestart(&t, "next", true, b"y");
     assert_eq!(store_files(&t), ["live", "live@0", "next", "next@0"]);
+}
+
+#[test]
+fn a_start_reads_only_its_rootfs_records_until_a_sweep_is_due() {
+    // a record of another rootfs that is gone: only a sweep drops it
+    let t = tmp("sweep");
+    let other = tmp("sweep-other");
+    prestart(&other, "elsewhere", false, b"x");
+    let s = store(&t);
+    drop(s);
+    for f in std::fs::read_dir(other.0.join("store")).unwrap().flatten() {
+        let n = f.file_name().to_string_lossy().into_owned();
+        if n == "elsewhere" || n.starts_with("elsewhere@") {
+            std::fs::copy(f.path(), t.0.join("store").join(&n)).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(other.0.join("root")).unwrap();
+    // a sweep just ran: the start looks at its own rootfs's records only
+    std::fs::write(t.0.join("store/.swept"), b"").unwrap();
+    prestart(&t, "one", true, b"y");
+    assert!(store_files(&t).contains(&"elsewhere".to_owned()));
+    // the sweep is due again: the record of the gone rootfs goes
+    let old = std::time::SystemTime::now() - super::store::SWEEP_EVERY * 2;
+    std::fs::File::options()
+        .write(true)
+        .open(t.0.join("store/.swept"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    prestart(&t, "two", true, b"z");
+    assert!(
+        !store_files(&t).iter().any(|n| n.starts_with("elsewhere")),
+        "{:?}",
+        store_files(&t)
+    );
+    // one index entry per record that stays, none for the dropped one
+    let index = index_entries(&t);
+    assert_eq!(index.len(), 2, "{index:?}");
+    assert!(
+        index
+            .iter()
+            .all(|n| n.ends_with("_one") || n.ends_with("_two")),
+        "{index:?}"
+    );
 }
