@@ -60,6 +60,9 @@ fn generated_spec(runtime: &str) -> Value {
 }
 
 fn variants() -> Vec<Variant> {
+    // podman's import, `init` and `rm` mount and unmount storage and shm: not while another
+    // test compares the host's mount table around a container (tests/common::run_checked)
+    let _g = serial();
     let runc11 = generated_spec("runc");
     let v = |name, spec, runc, privileged| Variant {
         name,
