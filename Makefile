@@ -4,7 +4,7 @@ DESTDIR ?=
 HOOKS_DIR ?= /usr/share/containers/oci/hooks.d
 CARGO ?= cargo
 
-.PHONY: build install uninstall install-docker uninstall-docker test deb deb-docker rpm
+.PHONY: build install uninstall install-docker uninstall-docker check test deb deb-docker rpm
 
 build:
 	$(CARGO) build --release --locked
@@ -46,6 +46,12 @@ deb-docker:
 
 rpm: build
 	$(CARGO) generate-rpm
+
+# The fast loop, root-free, in seconds: formatting, lints (fuzzing code included), unit tests.
+check:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --features fuzzing -- -D warnings
+	$(CARGO) test --lib
 
 # Every test: formatting, lints, unit tests, end-to-end tests with runc, crun and podman.
 # Needs root; installs missing Debian packages itself.

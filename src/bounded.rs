@@ -23,9 +23,22 @@ pub fn too_large(limit: u64) -> std::io::Error {
     )
 }
 
+/// The first read's buffer: /proc and /sys files say size 0, and most are a few KiB; an empty
+/// buffer would make the standard library probe with 32 bytes, then double (8 reads for 4 KiB).
+const FIRST_READ: u64 = 8 << 10;
+
 /// Read at most `limit` bytes from `r`; more is an error.
 pub fn read_to_end(r: impl Read, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
+    read_to_end_sized(r, limit, 0)
+}
+
+/// [`read_to_end`] of something that says it holds `size` bytes (a regular file's length).
+pub fn read_to_end_sized(r: impl Read, limit: u64, size: u64) -> std::io::Result<Vec<u8>> {
+    let first = size
+        .saturating_add(1)
+        .max(FIRST_READ)
+        .min(limit.saturating_add(1));
+    let mut buf = Vec::with_capacity(usize::try_from(first).unwrap_or(0));
     r.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
         return Err(too_large(limit));
@@ -35,7 +48,9 @@ pub fn read_to_end(r: impl Read, limit: u64) -> std::io::Result<Vec<u8>> {
 
 /// The whole of `path`, at most `limit` bytes.
 pub fn read(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    read_to_end(std::fs::File::open(path)?, limit)
+    let f = std::fs::File::open(path)?;
+    let size = f.metadata().map_or(0, |m| m.len());
+    read_to_end_sized(f, limit, size)
 }
 
 /// The whole of `path` as UTF-8 text, at most `limit` bytes.

@@ -14,6 +14,8 @@ pub const DEFAULT_PATH: &str = "/etc/nvhook/config.toml";
 pub const DEFAULT_CLASSES_DIR: &str = "/etc/nvhook/classes.d";
 /// The host inventory cache (a tmpfs on systemd hosts: emptied at boot).
 pub const DEFAULT_CACHE_DIR: &str = "/run/nvhook";
+/// Where extended device programs are pinned (src/apply/progcache.rs).
+pub const DEFAULT_PROGRAM_CACHE_DIR: &str = "/sys/fs/bpf/nvhook";
 /// Environment variable that names the config file (the hook's environment comes from the
 /// runtime's hook registration, never from the container).
 pub const CONFIG_ENV: &str = "NVHOOK_CONFIG";
@@ -60,6 +62,10 @@ pub struct Config {
     /// (`DeviceAllow=`, runtime) over the system bus, so that `systemctl daemon-reload` keeps
     /// them (docs/systemd.md).
     pub systemd_device_grants: bool,
+    /// Where extended device programs (cgroup v2) are pinned for the next start to reuse instead
+    /// of loading them again (a directory on a bpf filesystem; src/apply/progcache.rs). An empty
+    /// path turns the cache off; so does a host without a bpf filesystem there.
+    pub program_cache_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -79,6 +85,7 @@ impl Default for Config {
             classes_dir: PathBuf::from(DEFAULT_CLASSES_DIR),
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             systemd_device_grants: true,
+            program_cache_dir: PathBuf::from(DEFAULT_PROGRAM_CACHE_DIR),
         }
     }
 }
@@ -120,8 +127,8 @@ impl Config {
 
     /// `supported-driver-capabilities` as a set; a word that is not a capability is an error
     /// (the toolkit: "Invalid value for config option").
-    pub fn supported(&self) -> Result<crate::nvidia::request::Capabilities, String> {
-        use crate::nvidia::request::{Capabilities, Capability};
+    pub fn supported(&self) -> Result<crate::capability::Capabilities, String> {
+        use crate::capability::{Capabilities, Capability};
         let mut caps = Capabilities::default();
         for w in self
             .supported_driver_capabilities

@@ -10,6 +10,7 @@ use crate::nvidia::gpus;
 use crate::nvidia::libraries::DriverRoot;
 
 mod docker;
+mod systemd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,7 +82,7 @@ pub fn run(
     };
     kernel(&mut f);
     let version = driver(&mut f, &config);
-    let gpu_list = gpus::discover(&config.proc_root).unwrap_or_default();
+    let gpu_list = gpus::discover(&config.proc_root, None).unwrap_or_default();
     nodes(&mut f, &config, &gpu_list);
     if let Some(v) = &version {
         libraries(&mut f, &config, v);
@@ -178,7 +179,7 @@ fn kernel(f: &mut Findings) {
 fn driver(f: &mut Findings, c: &Config) -> Option<String> {
     match gpus::driver_version(&c.proc_root) {
         Ok(v) => {
-            let gpus = gpus::discover(&c.proc_root).unwrap_or_default();
+            let gpus = gpus::discover(&c.proc_root, None).unwrap_or_default();
             let list: Vec<String> = gpus
                 .iter()
                 .map(|g| format!("{} {} ({})", g.index, g.model, g.uuid))
@@ -455,7 +456,7 @@ fn systemd(f: &mut Findings, c: &Config) {
     use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
     let pid1 = Path::new("/run/systemd/system").is_dir();
     let v2 = statfs("/sys/fs/cgroup").is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
-    let managers = crate::doctor_systemd::managers(Path::new("/"), pid1, v2);
+    let managers = systemd::managers(Path::new("/"), pid1, v2);
     if managers.is_empty() {
         let why = if pid1 {
             "systemd is PID 1, but no container engine found here uses its cgroup manager: \

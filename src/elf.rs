@@ -127,6 +127,25 @@ pub fn read_bytes(bytes: &[u8]) -> Result<ElfInfo, ElfError> {
 }
 
 fn read_from<S: Source + ?Sized>(file: &S) -> Result<ElfInfo, ElfError> {
+    let (ident, wide, cache_flags) = read_header(file)?;
+    let r = Reader { file, wide };
+    let (loads, dynamic) = read_segments(&r, &ident)?;
+    let Some((dyn_off, dyn_size)) = dynamic else {
+        return Ok(ElfInfo {
+            soname: None,
+            cache_flags,
+        });
+    };
+    let soname = read_soname(&r, &loads, dyn_off, dyn_size)?;
+    Ok(ElfInfo {
+        soname,
+        cache_flags,
+    })
+}
+
+/// The ELF header's first 64 bytes, whether the file is ELFCLASS64, and the ld.so.cache flags of
+/// its ABI; an error for anything but a little-endian ELF of a known machine.
+fn read_header<S: Source + ?Sized>(file: &S) -> Result<([u8; 64], bool, i32), ElfError> {
     let ident = {
         let mut b = [0u8; 64];
         let n = file.pread(&mut b, 0)?;
@@ -154,11 +173,22 @@ fn read_from<S: Source + ?Sized>(file: &S) -> Result<ElfInfo, ElfError> {
             (EM_386, false) => 0,
             _ => return Err(ElfError::Unsupported("machine")),
         };
-    let r = Reader { file, wide };
+    Ok((ident, wide, cache_flags))
+}
+
+/// (vaddr, offset, filesz) of each PT_LOAD, and (offset, filesz) of the PT_DYNAMIC segment.
+type Segments = (Vec<(u64, u64, u64)>, Option<(u64, u64)>);
+
+/// The program headers' PT_LOAD and PT_DYNAMIC segments.
+fn read_segments<S: Source + ?Sized>(
+    r: &Reader<'_, S>,
+    ident: &[u8; 64],
+) -> Result<Segments, ElfError> {
+    let wide = r.wide;
     let (phoff, phentsize, phnum) = if wide {
-        (r.word(&ident, 32), u16_at(&ident, 54), u16_at(&ident, 56))
+        (r.word(ident, 32), u16_at(ident, 54), u16_at(ident, 56))
     } else {
-        (r.word(&ident, 28), u16_at(&ident, 42), u16_at(&ident, 44))
+        (r.word(ident, 28), u16_at(ident, 42), u16_at(ident, 44))
     };
     let min_ph = if wide { 56 } else { 32 };
     // phentsize is 56 (32 for ELFCLASS32): a larger one, times 512 headers, was up to 32 MiB read
@@ -166,7 +196,6 @@ fn read_from<S: Source + ?Sized>(file: &S) -> Result<ElfInfo, ElfError> {
         return Err(ElfError::Malformed("program headers"));
     }
     let ph = r.bytes(phoff, phentsize as usize * phnum as usize)?;
-    // (vaddr, offset, filesz) of each PT_LOAD, and the PT_DYNAMIC segment
     let mut loads = Vec::new();
     let mut dynamic = None;
     for i in 0..phnum as usize {
@@ -183,15 +212,20 @@ fn read_from<S: Source + ?Sized>(file: &S) -> Result<ElfInfo, ElfError> {
             _ => {}
         }
     }
-    let Some((dyn_off, dyn_size)) = dynamic else {
-        return Ok(ElfInfo {
-            soname: None,
-            cache_flags,
-        });
-    };
+    Ok((loads, dynamic))
+}
+
+/// `DT_SONAME` of the dynamic section at `dyn_off`, read from the string table that `loads`
+/// maps; `None` when the section names no soname (or no string table).
+fn read_soname<S: Source + ?Sized>(
+    r: &Reader<'_, S>,
+    loads: &[(u64, u64, u64)],
+    dyn_off: u64,
+    dyn_size: u64,
+) -> Result<Option<String>, ElfError> {
     let dyn_size = dyn_size.min(64 * 1024) as usize;
     let d = r.bytes(dyn_off, dyn_size)?;
-    let ent = if wide { 16 } else { 8 };
+    let ent = if r.wide { 16 } else { 8 };
     let half = ent / 2;
     let (mut strtab, mut soname) = (None, None);
     for e in d.chunks_exact(ent) {
@@ -204,26 +238,20 @@ fn read_from<S: Source + ?Sized>(file: &S) -> Result<ElfInfo, ElfError> {
             _ => {}
         }
     }
-    let soname = match (strtab, soname) {
-        (Some(strtab), Some(idx)) => {
-            // DT_STRTAB is an address: map it to a file offset through the PT_LOAD that holds it.
-            let file_off = loads
-                .iter()
-                .find(|(va, _, sz)| strtab >= *va && strtab < va.saturating_add(*sz))
-                .and_then(|(va, off, _)| (strtab - va).checked_add(*off))
-                .ok_or(ElfError::Malformed("DT_STRTAB outside loaded segments"))?;
-            let raw = r
-                .bytes(file_off.saturating_add(idx), 256)
-                .or_else(|_| r.bytes(file_off.saturating_add(idx), 1))?;
-            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-            Some(String::from_utf8_lossy(&raw[..end]).into_owned())
-        }
-        _ => None,
+    let (Some(strtab), Some(idx)) = (strtab, soname) else {
+        return Ok(None);
     };
-    Ok(ElfInfo {
-        soname,
-        cache_flags,
-    })
+    // DT_STRTAB is an address: map it to a file offset through the PT_LOAD that holds it.
+    let file_off = loads
+        .iter()
+        .find(|(va, _, sz)| strtab >= *va && strtab < va.saturating_add(*sz))
+        .and_then(|(va, off, _)| (strtab - va).checked_add(*off))
+        .ok_or(ElfError::Malformed("DT_STRTAB outside loaded segments"))?;
+    let raw = r
+        .bytes(file_off.saturating_add(idx), 256)
+        .or_else(|_| r.bytes(file_off.saturating_add(idx), 1))?;
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    Ok(Some(String::from_utf8_lossy(&raw[..end]).into_owned()))
 }
 
 /// The CUDA version a libcuda declares in its `.note.cuda.fwd_compatibility` ELF note (a JSON

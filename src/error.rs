@@ -158,6 +158,13 @@ pub enum Error {
     },
 
     // --- command line -------------------------------------------------------------------------
+    /// A value that could not be written as JSON (`what`: which one); shown as before, by
+    /// serde_json's own message.
+    #[error("{source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("{0}")]
     Usage(String),
     #[error("{what}: {source}")]

@@ -383,28 +383,8 @@ pub fn config(text: &str) {
 /// sorted the way ld.so's binary search needs, with every image entry of another name kept.
 pub fn ldcache(bytes: &[u8], ours: &[Entry]) {
     let parsed = LdCache::parse(bytes);
-    // the filtered parse (driver root) agrees with the full one
-    let filtered = LdCache::parse_filtered(bytes, |k| k.starts_with(b"libnv"));
-    match (&parsed, &filtered) {
-        (Ok(all), Ok(some)) => {
-            let want: Vec<&Entry> = all
-                .entries
-                .iter()
-                .filter(|e| e.key.as_bytes().starts_with(b"libnv"))
-                .collect();
-            assert_eq!(some.entries.iter().collect::<Vec<_>>(), want);
-        }
-        (Err(_), Err(_)) => {}
-        (a, b) => {
-            // the filter copies fewer names, so it may pass a bound the full parse trips; it
-            // never fails where the full parse succeeds
-            assert!(
-                a.is_err() && b.is_ok(),
-                "parse and parse_filtered disagree: {a:?} / {b:?}"
-            )
-        }
-    }
-    let mut cache = match parsed {
+    filtered_agrees(bytes, &parsed);
+    let cache = match parsed {
         Ok(c) => c,
         Err(e) => {
             check_error("ld.so.cache", &e);
@@ -428,12 +408,42 @@ pub fn ldcache(bytes: &[u8], ours: &[Entry]) {
         .filter(|e| !e.key.contains('\0') && !e.value.contains('\0'))
         .cloned()
         .collect();
+    merge_round_trip(cache, &ours);
+}
+
+/// The filtered parse (driver root) agrees with the full one (`parsed`).
+fn filtered_agrees(bytes: &[u8], parsed: &Result<LdCache, crate::ldcache::LdCacheError>) {
+    let filtered = LdCache::parse_filtered(bytes, |k| k.starts_with(b"libnv"));
+    match (parsed, &filtered) {
+        (Ok(all), Ok(some)) => {
+            let want: Vec<&Entry> = all
+                .entries
+                .iter()
+                .filter(|e| e.key.as_bytes().starts_with(b"libnv"))
+                .collect();
+            assert_eq!(some.entries.iter().collect::<Vec<_>>(), want);
+        }
+        (Err(_), Err(_)) => {}
+        (a, b) => {
+            // the filter copies fewer names, so it may pass a bound the full parse trips; it
+            // never fails where the full parse succeeds
+            assert!(
+                a.is_err() && b.is_ok(),
+                "parse and parse_filtered disagree: {a:?} / {b:?}"
+            )
+        }
+    }
+}
+
+/// `cache` written and read back, then merged with `ours`, written and read back: unchanged,
+/// in ldconfig's order, with all of `ours` and every image entry `ours` does not replace.
+fn merge_round_trip(mut cache: LdCache, ours: &[Entry]) {
     // an image entry with a NUL cannot exist (names end at NUL), so writing must succeed
     let again = LdCache::parse(&cache.to_bytes().expect("a parsed cache must serialize"))
         .expect("our own cache must parse");
     assert_eq!(again, cache, "written and read back, the cache changed");
     let before = cache.clone();
-    cache.merge(&ours);
+    cache.merge(ours);
     let bytes = cache.to_bytes().expect("a merged cache must serialize");
     let after = LdCache::parse(&bytes).expect("our merged cache must parse");
     assert_eq!(
@@ -447,7 +457,7 @@ pub fn ldcache(bytes: &[u8], ours: &[Entry]) {
             .all(|w| ldconfig_order(&w[0], &w[1]) != std::cmp::Ordering::Greater),
         "the merged cache is not in ldconfig's order"
     );
-    for n in &ours {
+    for n in ours {
         let found = after
             .entries
             .iter()

@@ -39,10 +39,15 @@ fn might_request(bundle: &BundleConfig) -> Result<bool> {
         || !matches!(Request::from_env(env, &Capabilities::all()), Ok(None)))
 }
 
-/// The container's request under the host's config.
-fn request_for(container: &state::Container, config: &Config) -> Result<Option<Request>> {
+/// The container's request under the host's config (read from `config_file`; None: the
+/// defaults, no file).
+fn request_for(
+    container: &state::Container,
+    config: &Config,
+    config_file: Option<&Path>,
+) -> Result<Option<Request>> {
     let supported = config.supported().map_err(|reason| Error::ConfigParse {
-        path: "config".into(),
+        path: config_file.map_or_else(|| "config".into(), Path::to_path_buf),
         reason,
     })?;
     let src = nvidia::request::Sources {
@@ -77,32 +82,91 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     }
     let container = bundle.container(Some(&st))?;
     t.mark("parse");
-    let config = Config::load(config_path)?;
+    let (config, config_file) = Config::load_with_source(config_path)?;
     crate::logging::to_file(config.log_file.as_deref());
-    let req = request_for(&container, &config)?;
-    let class_reqs = class::requests_for(&container.env, container.privileged, &config)?;
-    if req.is_none() && class_reqs.is_empty() {
+    let Some(found) = discover(&container, (&config, config_file.as_deref()), &mut t)? else {
         log::debug!(
             "container {}: no GPU or device class requested under this host's config",
             st.id()
         );
         return Ok(Outcome::NotRequested);
+    };
+    apply_found(&container, &config, &found, t)
+}
+
+/// What a container asked for under the host's config, and what the host has for it.
+struct Discovered {
+    /// The NVIDIA request and the driver's files and devices for it.
+    nvidia: Option<(Request, Inventory)>,
+    /// The device classes asked for, each with what the host has for it.
+    classes: Vec<ClassInventory>,
+}
+
+/// The container's request (NVIDIA's and the device classes') and the host's inventory for it;
+/// `None` when the container asked for nothing under this host's config. Shared by `prestart`
+/// and `plan`.
+fn discover(
+    container: &state::Container,
+    (config, config_file): (&Config, Option<&Path>),
+    t: &mut Timer,
+) -> Result<Option<Discovered>> {
+    let req = request_for(container, config, config_file)?;
+    let class_reqs = class::requests_for(&container.env, container.privileged, config)?;
+    if req.is_none() && class_reqs.is_empty() {
+        return Ok(None);
     }
     t.mark("config");
-    let inv = match &req {
+    let nvidia = match req {
         Some(req) => {
-            let inv = Inventory::discover(&config, req, &mut t)?;
-            nvidia::facts::check(req, &inv)?;
+            let inv = Inventory::discover(config, &req, t)?;
+            nvidia::facts::check(&req, &inv)?;
             t.mark("require");
-            Some(inv)
+            Some((req, inv))
         }
         None => None,
     };
-    let class_invs = class::discover_all(&class_reqs, &config)?;
-    if !class_invs.is_empty() {
+    let classes = class::discover_all(&class_reqs, config)?;
+    if !classes.is_empty() {
         t.mark("classes");
     }
+    Ok(Some(Discovered { nvidia, classes }))
+}
 
+/// The plan for what was found, in the rootfs's layout (Debian's without a rootfs): the NVIDIA
+/// plan (or `empty` when only classes were asked for) with the classes merged in. Shared by
+/// `prestart` and `plan`, so prestart applies what `nvhook plan` prints.
+fn build_plan(found: &Discovered, rootfs: Option<&Rootfs>, empty: Plan) -> Plan {
+    let layout = rootfs.map_or_else(Layout::debian, Layout::detect);
+    let mut plan = match &found.nvidia {
+        Some((req, inv)) => {
+            let compat = rootfs.and_then(|r| compat_of(req, r));
+            nvidia::plan(req, inv, &layout, compat.as_ref())
+        }
+        None => empty,
+    };
+    class::merge_into(&mut plan, &found.classes, &layout);
+    plan
+}
+
+/// What prestart prepares in the host's view before it enters the container's mount namespace.
+struct HostSide {
+    privilege: Privilege,
+    rootless: bool,
+    tracker: Option<crate::cleanup::Tracker>,
+    cgroup: Option<DeviceCgroup>,
+    policy: Option<(String, String)>,
+    unit: Option<String>,
+    durable: Option<systemd::Pending>,
+}
+
+/// Opens, in the host's view: the container's mount namespace, the cleanup record, the device
+/// cgroup; and forks the systemd child (single-threaded, before any namespace is entered).
+/// Returns the namespace apart, to be entered.
+fn open_host_side(
+    container: &state::Container,
+    config: &Config,
+    t: &mut Timer,
+) -> Result<(MountNamespace, HostSide)> {
     let pid = container.pid.ok_or(Error::NoPid)?;
     let privilege = Privilege::detect()?;
     let ns = MountNamespace::of_pid(pid)?;
@@ -113,7 +177,10 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     let cgroup = if config.no_cgroups || rootless {
         None
     } else {
-        Some(DeviceCgroup::open(pid, container.cgroups_path.as_deref())?)
+        Some(
+            DeviceCgroup::open(pid, container.cgroups_path.as_deref())?
+                .with_program_cache(&config.program_cache_dir),
+        )
     };
     let policy = (rootless && !config.no_cgroups)
         .then(|| apply::userns::device_policy(pid, container.cgroups_path.as_deref()))
@@ -124,47 +191,84 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     let unit = cgroup
         .as_ref()
         .and_then(|cg| systemd::unit_of(container.cgroups_path.as_deref(), &cg.proc_path));
-    let mut durable = unit
+    let durable = unit
         .clone()
         .filter(|_| config.systemd_device_grants)
         .and_then(systemd::Pending::start);
     t.mark("systemd_check");
+    let host = HostSide {
+        privilege,
+        rootless,
+        tracker,
+        cgroup,
+        policy,
+        unit,
+        durable,
+    };
+    Ok((ns, host))
+}
+
+/// Prestart past discovery: the host side, then the container's namespace: plan, mounts, grants.
+fn apply_found(
+    container: &state::Container,
+    config: &Config,
+    found: &Discovered,
+    mut t: Timer,
+) -> Result<Outcome> {
+    let (ns, mut host) = open_host_side(container, config, &mut t)?;
     ns.enter()?;
     t.mark("setns");
 
     let rootfs = Rootfs::open_journaled(&container.rootfs)?;
-    let layout = Layout::detect(&rootfs);
-    let mut plan = match (&req, &inv) {
-        (Some(req), Some(inv)) => {
-            let compat = compat_of(req, &rootfs);
-            nvidia::plan(req, inv, &layout, compat.as_ref())
-        }
-        _ => Plan::default(),
-    };
-    class::merge_into(&mut plan, &class_invs, &layout);
-    if let Some(d) = &mut durable {
+    let plan = build_plan(found, Some(&rootfs), Plan::default());
+    if let Some(d) = &mut host.durable {
         d.send(&plan.cgroup_rules);
     }
     t.mark("plan");
-    if rootless {
-        apply::userns::preflight(&plan, &container.user, privilege, policy.as_ref())?;
+    if host.rootless {
+        apply::userns::preflight(&plan, &container.user, host.privilege, host.policy.as_ref())?;
         t.mark("rootless_check");
     }
+    mount_recorded(&plan, &rootfs, host.tracker.take(), &mut t)?;
+    grant(&plan, config, host, &mut t)?;
+    log::debug!("container {}: {}", container.id, t.summary());
+    if log::log_enabled!(log::Level::Debug) {
+        // for the load tests: the count must not grow from run to run
+        log::debug!("open file descriptors at the end: {}", open_fds());
+    }
+    Ok(Outcome::Applied {
+        devices: plan.devices.len(),
+        mounts: plan.mounts.len(),
+    })
+}
+
+/// The plan's mounts, tmpfs directories and ld.so.cache, between the cleanup record's begin and
+/// finish (finished also after a failure: the runtime's poststop then removes what was created).
+fn mount_recorded(
+    plan: &Plan,
+    rootfs: &Rootfs,
+    tracker: Option<crate::cleanup::Tracker>,
+    t: &mut Timer,
+) -> Result<()> {
     if let Some(tr) = &tracker {
-        tr.begin(&rootfs);
+        tr.begin(rootfs);
         t.mark("record_begin");
     }
-    let applied = apply::mounts(&plan, &rootfs)
-        .and_then(|()| apply::tmpfs_dirs(&plan, &rootfs))
+    let applied = apply::mounts(plan, rootfs)
+        .and_then(|()| apply::tmpfs_dirs(plan, rootfs))
         .map(|()| t.mark("mounts"))
-        .and_then(|()| apply::ldcache(&plan, &rootfs))
+        .and_then(|()| apply::ldcache(plan, rootfs))
         .map(|()| t.mark("ldcache"));
     // also after a failure: the runtime's poststop then removes what was created
     if let Some(tr) = tracker {
-        tr.finish(&rootfs);
+        tr.finish(rootfs);
         t.mark("record");
     }
-    applied?;
+    applied
+}
+
+/// The plan's device rules: systemd's answer (if asked), then the container's device cgroup.
+fn grant(plan: &Plan, config: &Config, host: HostSide, t: &mut Timer) -> Result<()> {
     // systemd's answer, if it came while this process mounted; otherwise the child records the
     // nodes alone (the container's start does not wait for systemd). Where it came, systemd's
     // rebuilt program already allows the nodes and the grant below leaves it as it is (it
@@ -172,7 +276,7 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
     // (a runtime that nests the container in a sub-cgroup of its scope) comes to allow them:
     // systemd rebuilds it from DeviceAllow=; nvhook never widens a program above the container's
     // cgroup.
-    let asked = match durable {
+    let asked = match host.durable {
         Some(d) => {
             let answer = d.finish(&plan.cgroup_rules);
             t.mark("systemd");
@@ -185,9 +289,9 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         None if !config.systemd_device_grants => "not asked: systemd-device-grants = false",
         None => "not asked: no system bus",
     };
-    if let Some(cg) = &cgroup {
+    if let Some(cg) = &host.cgroup {
         if let Err(e) = cg.grant(&plan.cgroup_rules) {
-            if let (Error::CgroupAncestorDenies { ancestor, .. }, Some(u)) = (&e, &unit)
+            if let (Error::CgroupAncestorDenies { ancestor, .. }, Some(u)) = (&e, &host.unit)
                 && ancestor.file_name().is_some_and(|n| *n == **u)
             {
                 log::warn!(
@@ -203,15 +307,7 @@ pub fn prestart(input: impl Read, config_path: Option<&Path>) -> Result<Outcome>
         );
     }
     t.mark("cgroup");
-    log::debug!("container {}: {}", container.id, t.summary());
-    if log::log_enabled!(log::Level::Debug) {
-        // for the load tests: the count must not grow from run to run
-        log::debug!("open file descriptors at the end: {}", open_fds());
-    }
-    Ok(Outcome::Applied {
-        devices: plan.devices.len(),
-        mounts: plan.mounts.len(),
-    })
+    Ok(())
 }
 
 /// `nvhook poststop`: read the state from `input` and put back what prestart changed in the
@@ -282,21 +378,15 @@ pub fn plan<R: Read>(source: PlanSource<R>, config_path: Option<&Path>) -> Resul
         return Ok(not_requested());
     }
     let container = bundle.container(st.as_ref())?;
-    let config = Config::load(config_path)?;
-    let req = request_for(&container, &config)?;
-    let class_reqs = class::requests_for(&container.env, container.privileged, &config)?;
-    if req.is_none() && class_reqs.is_empty() {
+    let (config, config_file) = Config::load_with_source(config_path)?;
+    let Some(found) = discover(
+        &container,
+        (&config, config_file.as_deref()),
+        &mut Timer::new(),
+    )?
+    else {
         return Ok(not_requested());
-    }
-    let inv = match &req {
-        Some(req) => {
-            let inv = Inventory::discover(&config, req, &mut Timer::new())?;
-            nvidia::facts::check(req, &inv)?;
-            Some(inv)
-        }
-        None => None,
     };
-    let class_invs: Vec<ClassInventory> = class::discover_all(&class_reqs, &config)?;
     let rootfs = match Rootfs::open(&container.rootfs) {
         Ok(r) => Some(r),
         Err(e) => {
@@ -304,16 +394,7 @@ pub fn plan<R: Read>(source: PlanSource<R>, config_path: Option<&Path>) -> Resul
             None
         }
     };
-    let layout = rootfs.as_ref().map_or_else(Layout::debian, Layout::detect);
-    let mut plan = match (&req, &inv) {
-        (Some(req), Some(inv)) => {
-            let compat = rootfs.as_ref().and_then(|r| compat_of(req, r));
-            nvidia::plan(req, inv, &layout, compat.as_ref())
-        }
-        _ => not_requested(),
-    };
-    class::merge_into(&mut plan, &class_invs, &layout);
-    Ok(plan)
+    Ok(build_plan(&found, rootfs.as_ref(), not_requested()))
 }
 
 /// The image's CUDA forward-compat libraries; looked for only with the compute libraries, as

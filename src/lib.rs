@@ -9,26 +9,29 @@
 
 pub mod apply;
 pub mod bounded;
+pub mod capability;
 pub mod cdi;
 pub mod class;
 pub mod cleanup;
 pub mod config;
 pub mod devnode;
 pub mod doctor;
-pub mod doctor_systemd;
 pub mod elf;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod hook;
 pub mod layout;
 pub mod ldcache;
+pub mod library;
+pub mod list;
 pub mod logging;
 pub mod nvidia;
 pub mod plan;
-pub mod report;
 pub mod rootfs;
 pub mod state;
+pub mod text;
 pub mod timing;
 
 pub use error::{Error, Result};

@@ -60,140 +60,160 @@ environment (of the hook, set in its registration, never the container's):
   NVHOOK_LOG_FILE=FILE append the log to FILE instead of stderr
 ";
 
+/// The command line, parsed: the command and what its handler may use.
+#[derive(Default)]
+struct Args {
+    config: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    json: bool,
+    /// The arguments after `cdi` and `cdi-hook`, which parse their own options.
+    sub: Vec<String>,
+}
+
+type Handler = fn(Args) -> Result<(), Error>;
+
+/// Each command and its handler. createRuntime runs at the same point as prestart, in the same
+/// namespaces, with the same state.
+const COMMANDS: &[(&str, Handler)] = &[
+    ("prestart", prestart_command),
+    ("createRuntime", prestart_command),
+    ("create-runtime", prestart_command),
+    ("poststop", poststop_command),
+    ("plan", plan_command),
+    ("list", list_command),
+    ("doctor", doctor_command),
+    ("cdi", |a| cdi_command(a.sub, a.config)),
+    ("cdi-hook", cdi_hook_command),
+    ("version", |_| {
+        stdout(concat!("nvhook ", env!("CARGO_PKG_VERSION"), "\n"));
+        Ok(())
+    }),
+    ("help", |_| {
+        stdout(USAGE);
+        Ok(())
+    }),
+];
+
 fn run(args: Vec<String>) -> Result<(), Error> {
-    let mut config: Option<PathBuf> = None;
-    let mut bundle: Option<PathBuf> = None;
+    let (command, args) = parse(args)?;
+    let Some(command) = command else {
+        return Err(Error::Usage("no command given; see `nvhook help`".into()));
+    };
+    match COMMANDS.iter().find(|(name, _)| *name == command) {
+        Some((_, handler)) => handler(args),
+        None => Err(Error::Usage(format!(
+            "unknown command {command:?}; see `nvhook help`"
+        ))),
+    }
+}
+
+/// The command and its options, from the process's arguments (the first is the program).
+fn parse(args: Vec<String>) -> Result<(Option<String>, Args), Error> {
+    let mut a = Args::default();
     let mut command: Option<String> = None;
-    let mut json = false;
-    let mut sub: Vec<String> = Vec::new();
     let mut it = args.into_iter().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
             "--config" | "-c" => {
-                config = Some(
+                a.config = Some(
                     it.next()
                         .ok_or_else(|| Error::Usage("--config needs a file".into()))?
                         .into(),
                 )
             }
             "--bundle" | "-b" => {
-                bundle = Some(
+                a.bundle = Some(
                     it.next()
                         .ok_or_else(|| Error::Usage("--bundle needs a directory".into()))?
                         .into(),
                 )
             }
-            "--json" => json = true,
+            "--json" => a.json = true,
             "-h" | "--help" => command = Some("help".into()),
             "-V" | "--version" => command = Some("version".into()),
-            _ if a.starts_with('-') => {
+            _ if arg.starts_with('-') => {
                 return Err(Error::Usage(format!(
-                    "unknown option {a}; see `nvhook help`"
+                    "unknown option {arg}; see `nvhook help`"
                 )));
             }
             _ if command.is_none() => {
                 // these commands parse their own options
-                if a == "cdi" || a == "cdi-hook" {
-                    sub = it.by_ref().collect();
+                if arg == "cdi" || arg == "cdi-hook" {
+                    a.sub = it.by_ref().collect();
                 }
-                command = Some(a)
+                command = Some(arg)
             }
             _ => {
                 return Err(Error::Usage(format!(
-                    "unexpected argument {a}; see `nvhook help`"
+                    "unexpected argument {arg}; see `nvhook help`"
                 )));
             }
         }
     }
-    let stdout = |s: &str| {
-        let mut o = std::io::stdout().lock();
-        let _ = o.write_all(s.as_bytes());
+    Ok((command, a))
+}
+
+fn stdout(s: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(s.as_bytes());
+}
+
+fn prestart_command(a: Args) -> Result<(), Error> {
+    hook::prestart(std::io::stdin().lock(), a.config.as_deref()).map(drop)
+}
+
+fn poststop_command(a: Args) -> Result<(), Error> {
+    hook::poststop(std::io::stdin().lock(), a.config.as_deref()).map(drop)
+}
+
+fn plan_command(a: Args) -> Result<(), Error> {
+    let source = match a.bundle {
+        Some(b) => PlanSource::Bundle(b),
+        None => PlanSource::State(std::io::stdin().lock()),
     };
-    match command.as_deref() {
-        // createRuntime runs at the same point, in the same namespaces, with the same state.
-        Some("prestart") | Some("createRuntime") | Some("create-runtime") => {
-            hook::prestart(std::io::stdin().lock(), config.as_deref()).map(drop)
-        }
-        Some("poststop") => hook::poststop(std::io::stdin().lock(), config.as_deref()).map(drop),
-        Some("plan") => {
-            let source = match bundle {
-                Some(b) => PlanSource::Bundle(b),
-                None => PlanSource::State(std::io::stdin().lock()),
-            };
-            let plan = hook::plan(source, config.as_deref())?;
-            let json =
-                serde_json::to_string_pretty(&plan).map_err(|e| Error::Usage(e.to_string()))?;
-            stdout(&(json + "\n"));
-            Ok(())
-        }
-        Some("list") => {
-            let cfg = nvhook::config::Config::load(config.as_deref())?;
-            let classes = nvhook::class::list(&cfg)?;
-            // A host with device classes but no NVIDIA driver still lists its classes.
-            let (mut value, mut text) = match nvhook::report::list(&cfg) {
-                Ok(r) => (
-                    serde_json::to_value(&r).map_err(|e| Error::Usage(e.to_string()))?,
-                    nvhook::report::text(&r),
-                ),
-                Err(e) if !classes.is_empty() => (
-                    serde_json::json!({ "nvidia_error": e.to_string() }),
-                    format!("NVIDIA: unavailable: {e}\n"),
-                ),
-                Err(e) => return Err(e),
-            };
-            text += &nvhook::class::text(&classes);
-            if let Some(o) = value.as_object_mut() {
-                let c = serde_json::to_value(&classes).map_err(|e| Error::Usage(e.to_string()))?;
-                o.insert("classes".into(), c);
-            }
-            if json {
-                let s = serde_json::to_string_pretty(&value)
-                    .map_err(|e| Error::Usage(e.to_string()))?;
-                stdout(&(s + "\n"));
-            } else {
-                stdout(&text);
-            }
-            Ok(())
-        }
-        Some("doctor") => {
-            let findings = nvhook::doctor::run(
-                nvhook::config::Config::load_with_source(config.as_deref()),
-                nvhook::doctor::HOOK_DIRS,
-            );
-            if json {
-                let s = serde_json::to_string_pretty(&serde_json::json!({ "findings": &findings }))
-                    .map_err(|e| Error::Usage(e.to_string()))?;
-                stdout(&(s + "\n"));
-            } else {
-                stdout(&nvhook::doctor::text(&findings));
-            }
-            let errors = findings
-                .iter()
-                .filter(|f| f.status == nvhook::doctor::Status::Error)
-                .count();
-            if errors > 0 {
-                return Err(Error::Usage(format!("doctor: {errors} problem(s) found")));
-            }
-            Ok(())
-        }
-        Some("cdi") => cdi_command(sub, config),
-        Some("cdi-hook") => {
-            let args = nvhook::cdi::hook::HookArgs::parse(sub)?;
-            nvhook::cdi::hook::run(std::io::stdin().lock(), &args)
-        }
-        Some("version") => {
-            stdout(concat!("nvhook ", env!("CARGO_PKG_VERSION"), "\n"));
-            Ok(())
-        }
-        Some("help") => {
-            stdout(USAGE);
-            Ok(())
-        }
-        Some(other) => Err(Error::Usage(format!(
-            "unknown command {other:?}; see `nvhook help`"
-        ))),
-        None => Err(Error::Usage("no command given; see `nvhook help`".into())),
+    let plan = hook::plan(source, a.config.as_deref())?;
+    let json = serde_json::to_string_pretty(&plan).map_err(|source| Error::Json {
+        what: "the plan",
+        source,
+    })?;
+    stdout(&(json + "\n"));
+    Ok(())
+}
+
+fn list_command(a: Args) -> Result<(), Error> {
+    let cfg = nvhook::config::Config::load(a.config.as_deref())?;
+    stdout(&nvhook::list::render(&cfg, a.json)?);
+    Ok(())
+}
+
+fn doctor_command(a: Args) -> Result<(), Error> {
+    let findings = nvhook::doctor::run(
+        nvhook::config::Config::load_with_source(a.config.as_deref()),
+        nvhook::doctor::HOOK_DIRS,
+    );
+    if a.json {
+        let s = serde_json::to_string_pretty(&serde_json::json!({ "findings": &findings }))
+            .map_err(|source| Error::Json {
+                what: "the doctor findings",
+                source,
+            })?;
+        stdout(&(s + "\n"));
+    } else {
+        stdout(&nvhook::doctor::text(&findings));
     }
+    let errors = findings
+        .iter()
+        .filter(|f| f.status == nvhook::doctor::Status::Error)
+        .count();
+    if errors > 0 {
+        return Err(Error::Usage(format!("doctor: {errors} problem(s) found")));
+    }
+    Ok(())
+}
+
+fn cdi_hook_command(a: Args) -> Result<(), Error> {
+    let args = nvhook::cdi::hook::HookArgs::parse(a.sub)?;
+    nvhook::cdi::hook::run(std::io::stdin().lock(), &args)
 }
 
 /// `nvhook cdi generate ...`: build the spec, write it (or print it with `--output -`).
@@ -231,66 +251,6 @@ fn cdi_command(args: Vec<String>, config: Option<PathBuf>) -> Result<(), Error> 
     Ok(())
 }
 
-/// crun runs hooks with stderr on /dev/null and reports only "error executing hook ... (exit
-/// code: 1)", so the reason a container did not start would be lost. When our stderr is /dev/null,
-/// the error is also written where the runtime's caller looks: the parent runtime's stderr (which
-/// conmon passes on to podman) and, when the runtime logs JSON to a file (`--log F
-/// --log-format=json`, as podman runs crun), one JSON line in that file.
-fn report_to_runtime(msg: &str) {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-    let is_null = |p: &str| {
-        std::fs::metadata(p).is_ok_and(|m| {
-            m.file_type().is_char_device() && m.rdev() == nix::sys::stat::makedev(1, 3)
-        })
-    };
-    if !is_null("/proc/self/fd/2") {
-        return;
-    }
-    let ppid = nix::unistd::getppid();
-    let append = |path: &str, text: &str, extra: i32| {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK | extra)
-            .open(path)
-        {
-            let _ = f.write_all(text.as_bytes());
-        }
-    };
-    let parent_err = format!("/proc/{ppid}/fd/2");
-    if !is_null(&parent_err) {
-        // a magic link to the runtime's open stderr: it must be followed
-        append(&parent_err, msg, 0);
-    }
-    let Ok(cmdline) = nvhook::bounded::read(
-        std::path::Path::new(&format!("/proc/{ppid}/cmdline")),
-        nvhook::bounded::PROC_TEXT,
-    ) else {
-        return;
-    };
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let json = args.iter().any(|a| a == "--log-format=json")
-        || args
-            .windows(2)
-            .any(|w| w[0] == "--log-format" && w[1] == "json");
-    let log = args
-        .iter()
-        .position(|a| a == "--log")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| {
-            args.iter()
-                .find_map(|a| a.strip_prefix("--log=").map(str::to_owned))
-        });
-    if let (true, Some(log)) = (json, log)
-        && log.starts_with('/')
-    {
-        let line = serde_json::json!({"level": "error", "msg": msg.trim_end()});
-        append(&log, &format!("{line}\n"), nix::libc::O_NOFOLLOW);
-    }
-}
-
 nvhook_sys::entry!(nvhook_main);
 
 fn nvhook_main() -> u8 {
@@ -309,7 +269,7 @@ fn nvhook_main() -> u8 {
             if nvhook::logging::to_a_file() {
                 log::error!("{e}");
             }
-            report_to_runtime(&msg);
+            nvhook::logging::report_to_runtime(&msg);
             1
         }
     }

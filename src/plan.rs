@@ -230,7 +230,7 @@ impl Plan {
 
     /// A driver or class library in the image's library directory `dir`: bind-mounted under its
     /// file name, linked under its soname where they differ, and entered in the linker cache.
-    pub fn add_library(&mut self, dir: &str, lib: &crate::nvidia::libraries::Library) {
+    pub fn add_library(&mut self, dir: &str, lib: &crate::library::Library) {
         let dir = dir.trim_end_matches('/');
         let target = format!("{dir}/{}", lib.file_name);
         self.add_mount(lib.host_path.clone(), target, false, MountFlags::CODE);

@@ -10,10 +10,12 @@
 //! rename. Everything after that works on the returned descriptor (`*at` calls, `move_mount`),
 //! so a swap after the lookup changes nothing: the descriptor still names the inode we checked.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
@@ -75,7 +77,21 @@ pub struct Rootfs {
     mounts: std::sync::Mutex<HashMap<u64, MountEntry>>,
     /// What this process changed in the rootfs, when asked to keep a journal
     /// ([`Rootfs::open_journaled`]), so that `nvhook poststop` can undo exactly that.
-    journal: Option<std::cell::RefCell<Journal>>,
+    journal: Option<RefCell<Journal>>,
+    /// Directories resolved (and created) for the entries made in them, by container path
+    /// without the leading `/`: a start creates ~30 mount points in a handful of directories,
+    /// and each is resolved once.
+    dirs: RefCell<HashMap<String, Rc<Dir>>>,
+}
+
+/// A directory of the rootfs, resolved in-root once.
+struct Dir {
+    fd: OwnedFd,
+    /// Its path below the root's real path, for the journal (read once; None when not
+    /// journaling, or when the kernel names it outside the root).
+    rel: Option<String>,
+    /// Its mount was checked: no shared propagation, so new files in it can be mount points.
+    unshared: Cell<bool>,
 }
 
 /// One mount of a mountinfo table: where it is, and its shared peer group if it has one.
@@ -151,12 +167,19 @@ pub enum Before {
 /// One change nvhook made in the rootfs: at `path` (the path with every symlink resolved, as
 /// the kernel resolved it, relative to the rootfs, so it can be found again without following
 /// any symlink) it put `kind`, whose inode is `id`, where `before` was.
+///
+/// `at` (CLOCK_BOOTTIME, ns) orders replacements across containers: it is read after `before`
+/// was looked at and before the change was made, so when one container replaced what another
+/// put there, the later one's `at` is the larger. Inode numbers alone cannot tell: the image's
+/// file that the first replacement freed may come back as the second one's inode. 0 where
+/// nothing was there (a creation needs the path free, so it cannot be mistaken that way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub path: String,
     pub kind: Kind,
     pub id: Identity,
     pub before: Before,
+    pub at: u64,
 }
 
 /// The changes made, in order, and the real path of the root they are relative to.
@@ -164,6 +187,15 @@ pub struct Change {
 struct Journal {
     root_real: PathBuf,
     changes: Vec<Change>,
+    /// when [`Rootfs::before`] last looked (taken by the change journaled next)
+    observed_at: u64,
+}
+
+/// Now, on CLOCK_BOOTTIME, in nanoseconds (0 if the clock cannot be read).
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// The path, in the current mount namespace, of what `fd` refers to.
@@ -229,6 +261,26 @@ fn in_root(flags: OFlag) -> OpenHow {
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
 }
 
+/// Create the regular file `name` in `dir`, which must not exist (`O_EXCL`: never through a
+/// symlink, never an existing file), with permissions `mode`, open for writing.
+pub fn create_exclusive(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    mode: u32,
+) -> std::result::Result<OwnedFd, Errno> {
+    openat(
+        dir,
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+}
+
+/// An empty mount-point file `name` in `dir` ([`create_exclusive`], 0644).
+fn create_new_file(dir: BorrowedFd<'_>, name: &str) -> std::result::Result<OwnedFd, Errno> {
+    create_exclusive(dir, name, 0o644)
+}
+
 impl Rootfs {
     /// Open the rootfs directory. `path` comes from the runtime (the bundle's `root.path`), not from
     /// the image, so it is opened normally.
@@ -247,6 +299,7 @@ impl Rootfs {
             path: path.to_owned(),
             mounts: std::sync::Mutex::new(HashMap::new()),
             journal: None,
+            dirs: RefCell::new(HashMap::new()),
         })
     }
 
@@ -303,9 +356,10 @@ impl Rootfs {
             path: path.to_owned(),
             source,
         })?;
-        r.journal = Some(std::cell::RefCell::new(Journal {
+        r.journal = Some(RefCell::new(Journal {
             root_real,
             changes: Vec::new(),
+            observed_at: 0,
         }));
         Ok(r)
     }
@@ -336,15 +390,39 @@ impl Rootfs {
     /// was. The path is the directory's own, as the kernel names it, less the root's: no symlink
     /// in it. A path outside the root (a racing rename moved the directory) is not journaled.
     fn journal(&self, dir: BorrowedFd<'_>, name: &str, kind: Kind, id: Identity, before: Before) {
-        let Some(j) = &self.journal else { return };
-        let mut j = j.borrow_mut();
+        if self.journal.is_some() {
+            let rel = self.rel_of(dir);
+            self.journal_rel(rel.as_deref(), name, kind, id, before);
+        }
+    }
+
+    /// [`Rootfs::journal`] for an entry of a directory resolved once ([`Dir`]).
+    fn journal_in(&self, dir: &Dir, name: &str, kind: Kind, id: Identity, before: Before) {
+        self.journal_rel(dir.rel.as_deref(), name, kind, id, before);
+    }
+
+    /// The path of directory `dir` below the root's real path, as the kernel names it now
+    /// (None when not journaling or when it is outside the root).
+    fn rel_of(&self, dir: BorrowedFd<'_>) -> Option<String> {
+        let j = self.journal.as_ref()?.borrow();
         let dir_path = nix::fcntl::readlink(format!("/proc/self/fd/{}", dir.as_raw_fd()).as_str());
-        let rel = dir_path.ok().and_then(|p| {
+        dir_path.ok().and_then(|p| {
             let p = PathBuf::from(p);
             p.strip_prefix(&j.root_real)
                 .ok()
                 .and_then(|r| r.to_str().map(str::to_owned))
-        });
+        })
+    }
+
+    fn journal_rel(&self, rel: Option<&str>, name: &str, kind: Kind, id: Identity, before: Before) {
+        let Some(j) = &self.journal else { return };
+        let mut j = j.borrow_mut();
+        let observed = std::mem::take(&mut j.observed_at);
+        let at = if matches!(before, Before::Absent) {
+            0
+        } else {
+            observed
+        };
         match rel {
             Some(rel) => {
                 let path = if rel.is_empty() {
@@ -357,6 +435,7 @@ impl Rootfs {
                     kind,
                     id,
                     before,
+                    at,
                 });
             }
             None => log::warn!(
@@ -367,11 +446,15 @@ impl Rootfs {
     }
 
     /// What is at `name` in `dir` now, as a [`Before`] (for the journal), or None if nothing.
+    /// The time of the look is kept for the change journaled next (see [`Change::at`]).
     fn before(&self, dir: BorrowedFd<'_>, name: &str) -> Before {
         let st = match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(_) => return Before::Absent,
         };
+        if let Some(j) = &self.journal {
+            j.borrow_mut().observed_at = boot_ns();
+        }
         let id = Identity::of(&st);
         match Kind::of(st.st_mode) {
             Kind::Symlink => match nix::fcntl::readlinkat(dir, name) {
@@ -570,6 +653,8 @@ impl Rootfs {
     /// `mkdir -p` inside the root: returns an `O_PATH` descriptor of the directory. Existing
     /// components may be in-root symlinks; a component that exists but is not a directory, or a
     /// dangling symlink, is an error naming it.
+    // Long by design: one walk down the path; each component's lookup, creation and
+    // type error stay together so that no step can use a descriptor checked by another.
     pub fn mkdir_all(&self, path: &str) -> Result<OwnedFd> {
         let comps = components(path)?;
         // Fast path: it usually exists.
@@ -665,17 +750,81 @@ impl Rootfs {
         Ok(cur)
     }
 
-    /// The parent directory of `path` (created if missing) and the final name.
-    fn parent_of<'p>(&self, path: &'p str) -> Result<(OwnedFd, &'p str)> {
+    /// The parent directory of `path` (created if missing) and the final name. Each directory is
+    /// resolved once per [`Rootfs`].
+    fn parent_of<'p>(&self, path: &'p str) -> Result<(Rc<Dir>, &'p str)> {
         let comps = components(path)?;
         let Some((name, dirs)) = comps.split_last() else {
             return Err(RootfsError::BadPath {
                 path: path.to_owned(),
             });
         };
-        // `name` borrows from `path`, so it can be returned alongside the fd.
-        let dir = self.mkdir_all(&format!("/{}", dirs.join("/")))?;
-        Ok((dir, name))
+        // `name` borrows from `path`, so it can be returned alongside the directory.
+        Ok((self.dir(&dirs.join("/"))?, name))
+    }
+
+    /// The directory `rel` (container path without the leading `/`), created if missing,
+    /// resolved in-root the first time and remembered.
+    fn dir(&self, rel: &str) -> Result<Rc<Dir>> {
+        if let Some(d) = self.dirs.borrow().get(rel) {
+            return Ok(d.clone());
+        }
+        let fd = self.mkdir_all(&format!("/{rel}"))?;
+        let rel_real = self.rel_of(fd.as_fd());
+        let d = Rc::new(Dir {
+            fd,
+            rel: rel_real,
+            unshared: Cell::new(false),
+        });
+        self.dirs.borrow_mut().insert(rel.to_owned(), d.clone());
+        Ok(d)
+    }
+
+    /// A mount point for a file or device node at `path` ([`Rootfs::mount_point_file`]) whose
+    /// mount has no shared propagation (else [`RootfsError::SharedMount`]): a mount attached
+    /// there would be copied to the mount's peers, outside the container. Checked before
+    /// anything is created (the deepest existing directory on the way) and again on the
+    /// descriptor returned. The usual case, a name that does not exist yet in a directory
+    /// already checked, costs one `openat` (an empty file created with `O_EXCL`, which cannot be
+    /// a mount point yet, so it lies on its directory's mount).
+    pub fn file_mount_point(&self, path: &str) -> Result<OwnedFd> {
+        let comps = components(path)?;
+        if let Some((name, dirs)) = comps.split_last() {
+            let known = self.dirs.borrow().get(&dirs.join("/")).cloned();
+            if let Some(dir) = known.filter(|d| d.unshared.get()) {
+                match create_new_file(dir.fd.as_fd(), name) {
+                    Ok(fd) => {
+                        if self.journaling()
+                            && let Ok(st) = fstat(&fd)
+                        {
+                            let id = Identity::of(&st);
+                            self.journal_in(&dir, name, Kind::File, id, Before::Absent);
+                        }
+                        return Ok(fd);
+                    }
+                    // there already: the general path below (an in-root symlink is followed)
+                    Err(Errno::EEXIST) => {}
+                    Err(source) => {
+                        return Err(RootfsError::Create {
+                            path: path.to_owned(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        self.refuse_shared_ancestor(path)?;
+        let point = self.mount_point_file(path)?;
+        self.refuse_shared_mount(point.as_fd(), path)?;
+        // the parent now exists: once its own mount is checked, the next names in it take the
+        // short way above
+        if let Ok((dir, _)) = self.parent_of(path)
+            && !dir.unshared.get()
+            && self.refuse_shared_mount(dir.fd.as_fd(), path).is_ok()
+        {
+            dir.unshared.set(true);
+        }
+        Ok(point)
     }
 
     /// Make sure a non-directory exists at `path` to bind-mount a file or device node on, and
@@ -720,22 +869,12 @@ impl Rootfs {
     }
 
     fn create_empty_file(&self, path: &str) -> Result<OwnedFd> {
-        let (dir, name) = self.parent_of(path)?;
-        let create = |dir: BorrowedFd<'_>| {
-            openat(
-                dir,
-                name,
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_WRONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o644),
-            )
-        };
+        let (d, name) = self.parent_of(path)?;
+        let dir = &d.fd;
+        let create = |dir: BorrowedFd<'_>| create_new_file(dir, name);
         let journal_new = |fd: &OwnedFd, before: Before| {
             if let Ok(st) = fstat(fd) {
-                self.journal(dir.as_fd(), name, Kind::File, Identity::of(&st), before);
+                self.journal_in(&d, name, Kind::File, Identity::of(&st), before);
             }
         };
         match create(dir.as_fd()) {
@@ -793,7 +932,8 @@ impl Rootfs {
     /// existing file or directory is left alone and reported as `Ok(false)`, as ldconfig does
     /// when a soname is a real file.
     pub fn symlink(&self, path: &str, target: &str) -> Result<bool> {
-        let (dir, name) = self.parent_of(path)?;
+        let (d, name) = self.parent_of(path)?;
+        let dir = &d.fd;
         let err = |source| RootfsError::Create {
             path: path.to_owned(),
             source,
@@ -802,7 +942,7 @@ impl Rootfs {
             if let Ok(st) = fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
                 && Kind::of(st.st_mode) == Kind::Symlink
             {
-                self.journal(dir.as_fd(), name, Kind::Symlink, Identity::of(&st), before);
+                self.journal_in(&d, name, Kind::Symlink, Identity::of(&st), before);
             }
         };
         match nix::unistd::symlinkat(target, dir.as_fd(), name) {
@@ -869,20 +1009,15 @@ impl Rootfs {
     /// Replace the file at `path` with `data`, atomically (temporary file + rename in the same
     /// directory). The rename replaces a symlink at `path` rather than writing through it.
     pub fn write_file_atomic(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
-        let (dir, name) = self.parent_of(path)?;
+        let (d, name) = self.parent_of(path)?;
+        let dir = &d.fd;
         let tmp = format!(".{name}.nvhook-{}", std::process::id());
         let werr = |source: std::io::Error| RootfsError::Write {
             path: path.to_owned(),
             source,
         };
         let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        let fd = openat(
-            dir.as_fd(),
-            tmp.as_str(),
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(mode),
-        )
-        .map_err(|e| werr(e.into()))?;
+        let fd = create_exclusive(dir.as_fd(), tmp.as_str(), mode).map_err(|e| werr(e.into()))?;
         let mut f = std::fs::File::from(fd);
         let before = if self.journaling() {
             Some(self.before(dir.as_fd(), name))
@@ -903,7 +1038,7 @@ impl Rootfs {
             return Err(werr(e));
         }
         if let (Some(before), Ok(st)) = (before, fstat(&f)) {
-            self.journal(dir.as_fd(), name, Kind::File, Identity::of(&st), before);
+            self.journal_in(&d, name, Kind::File, Identity::of(&st), before);
         }
         Ok(())
     }

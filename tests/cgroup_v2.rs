@@ -276,3 +276,100 @@ fn a_cgroup_without_device_programs_is_left_alone() {
     let _ = s.kill();
     let _ = s.wait();
 }
+
+/// A private bpf filesystem, unmounted on drop.
+struct BpfFs(PathBuf);
+
+impl BpfFs {
+    fn new(name: &str) -> BpfFs {
+        let d = std::env::temp_dir().join(format!("nvhook-bpffs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&d)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t bpf bpf {}", d.display());
+        BpfFs(d)
+    }
+    fn pins(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.0.join("nvhook")) {
+            Ok(d) => d.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Grant `rules` to a process in `cg`, with extended programs cached in `cache`.
+fn grant_cached(cg: &Cg, cache: &Path, rules: &[DeviceRule]) {
+    let mut s = sleeper(cg);
+    DeviceCgroup::open(s.id() as i32, None)
+        .unwrap()
+        .with_program_cache(cache)
+        .grant(rules)
+        .unwrap();
+    let _ = s.kill();
+    let _ = s.wait();
+}
+
+/// The program cache (src/apply/progcache.rs): the second container with the same runtime
+/// program gets the very program the first one's grant loaded (one kernel object attached to
+/// both cgroups, the verifier skipped), and a pin that is not the program wanted is never
+/// attached.
+#[test]
+fn an_extended_program_is_loaded_once_and_an_impostor_pin_is_never_used() {
+    let _g = serial();
+    let fs = BpfFs::new("cache");
+    let cache = fs.0.join("nvhook");
+    let parent = Cg::new(None, &format!("nvhook-test-cache-{}", std::process::id()));
+    let a = Cg::new(Some(&parent), "a");
+    let b = Cg::new(Some(&parent), "b");
+    let c = Cg::new(Some(&parent), "c");
+    for cg in [&a, &b, &c] {
+        cg.attach_runtime_program(&[rule(1, 3)]);
+    }
+    let all = ["/dev/null", "/dev/fuse", "/dev/kmsg"];
+    let want = "/dev/null: ok\n/dev/fuse: ok\n/dev/kmsg: EPERM\n";
+
+    grant_cached(&a, &cache, &[rule(10, 229)]);
+    assert_eq!(fs.pins().len(), 1, "the extended program is pinned");
+    grant_cached(&b, &cache, &[rule(10, 229)]);
+    assert_eq!(
+        program_ids(&a),
+        program_ids(&b),
+        "b got the program loaded for a"
+    );
+    assert_eq!(fs.pins().len(), 1);
+    assert_eq!(a.open(&all), want);
+    assert_eq!(b.open(&all), want);
+
+    let pin = fs.pins().remove(0);
+    std::fs::remove_file(&pin).unwrap();
+    // an impostor under that name: a program that also allows /dev/kmsg (1:11)
+    let evil = sys::prog_load_cgroup_device(
+        &bpfprog::allow_only(&[rule(1, 3), rule(10, 229), rule(1, 11)]),
+        "GPL",
+    )
+    .unwrap();
+    sys::obj_pin(evil.as_fd(), pin.to_str().unwrap()).unwrap();
+    let (_, evil_insns) = sys::prog_xlated_insns(evil.as_fd()).unwrap();
+    grant_cached(&c, &cache, &[rule(10, 229)]);
+    assert_eq!(c.open(&all), want, "/dev/kmsg (1:11) stays denied in c");
+    let c_ids = program_ids(&c);
+    assert_eq!(c_ids.len(), 1);
+    let (_, c_insns) =
+        sys::prog_xlated_insns(sys::prog_get_fd_by_id(c_ids[0]).unwrap().as_fd()).unwrap();
+    assert_ne!(c_insns, evil_insns, "the impostor is not attached");
+    assert_ne!(c_ids, program_ids(&a), "c's program was loaded anew");
+    // and the name holds the right program again
+    let repinned = sys::obj_get(pin.to_str().unwrap()).unwrap();
+    assert_eq!(sys::prog_xlated_insns(repinned.as_fd()).unwrap().1, c_insns);
+}

@@ -284,3 +284,42 @@ fn no_cgroups_leaves_the_device_cgroup_alone() {
 fn runs_where_the_cgroup_manager_puts_it() {
     check_runs_where_the_cgroup_manager_puts_it("runc");
 }
+
+/// Every bind mount carries its attributes (set once per source directory on a detached copy,
+/// src/apply/mod.rs `SourceTrees`): libraries and tools read-only, nosuid, nodev; device nodes
+/// read-only, nosuid, noexec.
+#[test]
+fn bind_mounts_are_read_only_and_nosuid() {
+    let script = "awk '$5 ~ /libcuda.so|nvidia-smi|\\/dev\\/nvidia/ {print \"mnt:\" $5 \" \" $6}' /proc/self/mountinfo";
+    let r = run_checked("runc", &Spec::new(&["NVIDIA_VISIBLE_DEVICES=all"], script))
+        .expect_ok("runc container");
+    let mounts: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("mnt:"))
+        .collect();
+    let opts = |target: &str| -> Vec<&str> {
+        mounts
+            .iter()
+            .find_map(|m| m.strip_prefix(target)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{target} not mounted:\n{}", r.stdout))
+            .split(',')
+            .collect()
+    };
+    for lib in [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.".to_owned() + &fixtures().version,
+        "/usr/bin/nvidia-smi".into(),
+    ] {
+        let o = opts(&lib);
+        for want in ["ro", "nosuid", "nodev"] {
+            assert!(o.contains(&want), "{lib}: {o:?} lacks {want}");
+        }
+    }
+    for dev in ["/dev/nvidia0", "/dev/nvidiactl"] {
+        let o = opts(dev);
+        for want in ["ro", "nosuid", "noexec"] {
+            assert!(o.contains(&want), "{dev}: {o:?} lacks {want}");
+        }
+        assert!(!o.contains(&"nodev"), "{dev}: {o:?}");
+    }
+}

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -243,7 +244,7 @@ fn nothing_is_executed_but_doctors_runtime_versions() {
     for (file, line, next) in &found {
         let ok = match file.as_str() {
             "src/doctor.rs" => line.contains("Command::new(rt)") && next.contains(".env_clear()"),
-            "sys/src/lib.rs" => line.contains("libc::fork()"),
+            "sys/src/process.rs" => line.contains("libc::fork()"),
             _ => false,
         };
         if !ok {
@@ -259,6 +260,349 @@ fn nothing_is_executed_but_doctors_runtime_versions() {
         unexpected.is_empty(),
         "unreviewed exec/spawn: {unexpected:?}"
     );
+}
+
+// ------------------------------------------------------------------------- import circles
+
+/// The module path of a file of `src/` (relative to it): `lib.rs` is the crate root, `foo.rs`
+/// and `foo/mod.rs` are `foo`, `foo/bar.rs` is `foo::bar`.
+fn module_of(rel: &str) -> Vec<String> {
+    let rel = rel.strip_suffix(".rs").unwrap_or(rel);
+    let mut segs: Vec<String> = rel.split('/').map(str::to_owned).collect();
+    if matches!(segs.last().map(String::as_str), Some("mod" | "lib")) {
+        segs.pop();
+    }
+    segs
+}
+
+/// Every `crate::…` and `super::…` path in `code` (line comments left out), resolved to an
+/// absolute module path from the module `me`; `use` groups (`crate::a::{b, c::d}`) are expanded.
+fn import_paths(code: &str, me: &[String]) -> Vec<Vec<String>> {
+    let code: String = code
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let b = code.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if i > 0 && (ident(b[i - 1]) || b[i - 1] == b':') {
+            i += 1;
+            continue;
+        }
+        let (base, mut j) = if code[i..].starts_with("crate::") {
+            (Vec::new(), i + 7)
+        } else if code[i..].starts_with("super::") {
+            let mut base = me.to_vec();
+            let mut j = i;
+            while code[j..].starts_with("super::") {
+                base.pop();
+                j += 7;
+            }
+            (base, j)
+        } else {
+            i += 1;
+            continue;
+        };
+        j = path_tree(&code, j, base, &mut out);
+        i = j.max(i + 1);
+    }
+    out
+}
+
+/// Parse one path tree at `at` (segments, then maybe a `{…}` group) below `prefix`; push each
+/// leaf path to `out`; return where it ended.
+fn path_tree(
+    code: &str,
+    mut at: usize,
+    mut prefix: Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) -> usize {
+    let b = code.as_bytes();
+    let skip_ws = |mut k: usize| {
+        while k < b.len() && b[k].is_ascii_whitespace() {
+            k += 1;
+        }
+        k
+    };
+    loop {
+        at = skip_ws(at);
+        if at < b.len() && b[at] == b'{' {
+            return path_group(code, at + 1, &prefix, out);
+        }
+        let start = at;
+        while at < b.len() && (b[at].is_ascii_alphanumeric() || b[at] == b'_') {
+            at += 1;
+        }
+        if at > start && &code[start..at] != "self" {
+            prefix.push(code[start..at].to_owned());
+        }
+        if at > start && code[at..].starts_with("::") {
+            at += 2;
+            continue;
+        }
+        out.push(prefix);
+        return at;
+    }
+}
+
+/// The rest of a `{…}` group from `at` (just after its `{`), as [`path_tree`]; returns the
+/// position after its `}`.
+fn path_group(code: &str, mut at: usize, prefix: &[String], out: &mut Vec<Vec<String>>) -> usize {
+    let b = code.as_bytes();
+    while at < b.len() {
+        match b[at] {
+            b'}' => return at + 1,
+            b',' => at += 1,
+            c if c.is_ascii_whitespace() => at += 1,
+            _ => {
+                let before = at;
+                at = path_tree(code, at, prefix.to_vec(), out);
+                // `as x`, `*` and the like: on to the next `,` or `}`
+                while at < b.len() && b[at] != b',' && b[at] != b'}' {
+                    at += 1;
+                }
+                at = at.max(before + 1);
+            }
+        }
+    }
+    at
+}
+
+/// The import graph of `files` ((path relative to src/, code)): file -> the files whose modules
+/// it names through `crate::`/`super::`, each path resolved to the longest module that has a
+/// file. A file naming an ancestor or a descendant of its own module (a child using its parent,
+/// `super::`) is not an edge: only files that are not nested in one another form circles.
+fn import_graph(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
+    let by_module: BTreeMap<Vec<String>, &str> = files
+        .iter()
+        .map(|(rel, _)| (module_of(rel), rel.as_str()))
+        .collect();
+    let mut graph = BTreeMap::new();
+    for (rel, code) in files {
+        let me = module_of(rel);
+        let mut to = BTreeSet::new();
+        for path in import_paths(code, &me) {
+            let target = (0..=path.len())
+                .rev()
+                .find_map(|n| by_module.get(&path[..n]).map(|f| (n, *f)));
+            let Some((n, file)) = target else { continue };
+            let m = &path[..n];
+            if m.starts_with(&me) || me.starts_with(m) {
+                continue;
+            }
+            to.insert(file.to_owned());
+        }
+        graph.insert(rel.clone(), to);
+    }
+    graph
+}
+
+/// `graph` with each file replaced by its top-level module (`nvidia/facts.rs` -> `nvidia`;
+/// `lib.rs` left out); edges inside one module dropped.
+fn top_level_graph(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let top = |f: &str| module_of(f).first().cloned();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, tos) in graph {
+        let Some(a) = top(from) else { continue };
+        let entry = out.entry(a.clone()).or_default();
+        for b in tos.iter().filter_map(|t| top(t)) {
+            if b != a {
+                entry.insert(b);
+            }
+        }
+    }
+    out
+}
+
+/// One circle per strongly connected part of `graph` with more than one node, written
+/// `a -> b -> a` (the shortest way round from its first node).
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let reach = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.to_owned()];
+        while let Some(n) = stack.pop() {
+            for t in graph.get(&n).into_iter().flatten() {
+                if seen.insert(t.clone()) {
+                    stack.push(t.clone());
+                }
+            }
+        }
+        seen
+    };
+    let mut done = BTreeSet::new();
+    let mut out = Vec::new();
+    for n in graph.keys() {
+        if done.contains(n) {
+            continue;
+        }
+        let part: BTreeSet<String> = reach(n)
+            .into_iter()
+            .filter(|m| m != n && reach(m).contains(n))
+            .collect();
+        if part.is_empty() {
+            continue;
+        }
+        done.extend(part.iter().cloned());
+        // breadth first from n back to n inside the part
+        let mut prev: BTreeMap<String, String> = BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([n.clone()]);
+        let mut last = None;
+        while let Some(x) = queue.pop_front() {
+            for t in &graph[&x] {
+                if t == n {
+                    last.get_or_insert(x.clone());
+                } else if part.contains(t) && !prev.contains_key(t) {
+                    prev.insert(t.clone(), x.clone());
+                    queue.push_back(t.clone());
+                }
+            }
+            if last.is_some() {
+                break;
+            }
+        }
+        let mut back = Vec::new();
+        let mut x = last.expect("a strongly connected part leads back");
+        while &x != n {
+            back.push(x.clone());
+            x = prev[&x].clone();
+        }
+        back.reverse();
+        let way: Vec<&str> = std::iter::once(n.as_str())
+            .chain(back.iter().map(String::as_str))
+            .chain(std::iter::once(n.as_str()))
+            .collect();
+        out.push(way.join(" -> "));
+    }
+    out
+}
+
+/// The files of `src/` but the binary's `main.rs` (its `crate::` is the binary, not the
+/// library), without test code: (path relative to src/, code).
+fn src_files() -> Vec<(String, String)> {
+    src_files_of(&repo().join("src"))
+}
+
+/// [`src_files`] of any tree's `src` directory.
+fn src_files_of(src: &Path) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = sources(src)
+        .into_iter()
+        .map(|(p, code)| (p.strip_prefix(src).unwrap().display().to_string(), code))
+        .filter(|(rel, _)| rel != "main.rs")
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every import circle of `files`: between files, then between top-level modules.
+fn import_circles(files: &[(String, String)]) -> Vec<String> {
+    let graph = import_graph(files);
+    let mut out: Vec<String> = circles(&graph)
+        .into_iter()
+        .map(|c| format!("files: {c}"))
+        .collect();
+    out.extend(
+        circles(&top_level_graph(&graph))
+            .into_iter()
+            .map(|c| format!("modules: {c}")),
+    );
+    out
+}
+
+#[test]
+fn the_import_circle_check_can_fail() {
+    let f = |rel: &str, code: &str| (rel.to_owned(), code.to_owned());
+    let clean = vec![
+        f("lib.rs", "pub mod a;\npub mod b;\npub mod c;\n"),
+        f("a/mod.rs", "mod x;\nmod y;\nuse crate::b::B;\n"),
+        // a child using its parent is no circle
+        f("a/x.rs", "use super::{A, y::Y};\nuse crate::a::A2;\n"),
+        f(
+            "a/y.rs",
+            "use super::super::b::{self, B};\n// use super::x::X;\n",
+        ),
+        f("b.rs", "pub fn g() { crate::c::h() }\n"),
+        f("c.rs", "use std::fmt;\n"),
+    ];
+    assert_eq!(import_circles(&clean), Vec::<String>::new());
+    let graph = import_graph(&clean);
+    assert_eq!(graph["a/x.rs"], BTreeSet::from(["a/y.rs".to_owned()]));
+    assert_eq!(graph["a/y.rs"], BTreeSet::from(["b.rs".to_owned()]));
+    assert_eq!(graph["b.rs"], BTreeSet::from(["c.rs".to_owned()]));
+
+    // two siblings naming each other
+    let mut siblings = clean.clone();
+    siblings[3] = f("a/y.rs", "use crate::a::{\n    x::X as Z,\n};\n");
+    assert_eq!(
+        import_circles(&siblings),
+        vec!["files: a/x.rs -> a/y.rs -> a/x.rs".to_owned()]
+    );
+
+    // two top-level modules naming each other through different files
+    let mut modules = clean.clone();
+    modules[5] = f("c.rs", "fn k() -> crate::a::x::X { todo!() }\n");
+    assert_eq!(
+        import_circles(&modules),
+        vec![
+            "files: a/x.rs -> a/y.rs -> b.rs -> c.rs -> a/x.rs".to_owned(),
+            "modules: a -> b -> c -> a".to_owned(),
+        ]
+    );
+    // a/mod.rs -> nothing; a/y.rs -> b.rs -> c.rs -> a/mod.rs: no circle of files
+    let mut modules_only = clean;
+    modules_only[1] = f("a/mod.rs", "mod x;\nmod y;\n");
+    modules_only[5] = f("c.rs", "use crate::a::A;\n");
+    assert_eq!(
+        import_circles(&modules_only),
+        vec!["modules: a -> b -> c -> a".to_owned()]
+    );
+}
+
+/// EXPECTED FAILURES: the circles on main when this check was written (one named circle per
+/// tangle). The test expects exactly these, so a new circle fails it at once; when a branch
+/// removes one (facts<->mig and request<->require are being removed in parallel), the test fails
+/// until its line here is deleted too. The goal is an empty list.
+const CIRCLES_BEING_REMOVED: &[&str] = &[
+    // none left: facts<->mig and request<->require broken by nvidia/nvml.rs and src/text.rs;
+    // cache->driver_files->gpus->cache by nvidia/private_file.rs; the class/config/nvidia/state
+    // tangle by src/capability.rs and the env constants in state/spec.rs
+];
+
+#[test]
+fn no_import_circles_in_src() {
+    let mut found = import_circles(&src_files());
+    found.sort();
+    let mut expected = CIRCLES_BEING_REMOVED.to_vec();
+    expected.sort();
+    assert_eq!(
+        found, expected,
+        "import circles between files or top-level modules of src/ (expected: \
+         CIRCLES_BEING_REMOVED); break each by moving what both sides need into one of them or a \
+         third file. Module map: cargo test --test hygiene -- --ignored --nocapture"
+    );
+}
+
+/// The module map: each file of src/ and the files it imports through `crate::`/`super::`,
+/// then its import circles (`cargo test --test hygiene module_map -- --ignored --nocapture`).
+/// `NVHOOK_MAP_SRC=DIR` maps another tree's src/ instead (an older checkout: before and after).
+#[test]
+#[ignore = "prints the module map; run with --ignored --nocapture"]
+fn module_map() {
+    let files = match std::env::var_os("NVHOOK_MAP_SRC") {
+        Some(dir) => src_files_of(Path::new(&dir)),
+        None => src_files(),
+    };
+    for (file, to) in import_graph(&files) {
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        println!("{file} -> {}", to.join(", "));
+    }
+    for c in import_circles(&files) {
+        println!("circle: {c}");
+    }
 }
 
 // ------------------------------------------------------------------------- the hook, traced
@@ -583,5 +927,21 @@ fn no_descriptor_of_the_host_reaches_the_container() {
             "{runtime}: the container holds more than stdio:\n{}",
             hooked.1
         );
+    }
+}
+
+/// The host-mount check leaves out only a runtime's transient binary guard, nothing a hook
+/// could leave behind.
+#[test]
+fn the_runtime_guard_filter_takes_only_the_guard() {
+    let guard = "901 29 254:0 /usr/bin/crun /tmp/crun.znApN7 ro,relatime - ext4 /dev/vda rw";
+    assert!(common::is_runtime_binary_guard(guard));
+    for other in [
+        "901 29 254:0 /usr/bin/crun /tmp/crun.znApN7x ro - ext4 /dev/vda rw",
+        "901 29 254:0 /usr/lib/libcuda.so.1 /tmp/crun.znApN7 ro - ext4 /dev/vda rw",
+        "901 29 254:0 /usr/bin/crun /usr/bin/crun ro - ext4 /dev/vda rw",
+        "901 29 254:0 / /tmp/crun.abc/x ro - ext4 /dev/vda rw",
+    ] {
+        assert!(!common::is_runtime_binary_guard(other), "{other}");
     }
 }

@@ -274,10 +274,23 @@ fn a_thousand_runs_keep_memory_and_descriptors_flat() {
         took.as_secs_f64(),
         fds.iter().collect::<std::collections::BTreeSet<_>>()
     );
+    // The first run creates the mount points in the shared rootfs and holds a descriptor for each
+    // directory it created something in (the per-start directory cache); the later runs find them
+    // there. So: no later run may hold more than the first, and the later runs hold the same.
+    let count = |f: &String| f.parse::<u64>().unwrap_or(u64::MAX);
+    let odd: Vec<String> = fds
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, f)| count(f) > count(&fds[0]) || fds.get(1) != Some(*f))
+        .take(20)
+        .map(|(i, f)| format!("run {i}: {f}"))
+        .collect();
     assert!(
-        fds.iter().all(|f| *f == fds[0]),
-        "descriptors open at the end differ between runs: {:?}",
-        fds.iter().collect::<std::collections::BTreeSet<_>>()
+        odd.is_empty(),
+        "descriptors open at the end differ between runs: run 0 had {}, run 1 {:?}, then {odd:?}",
+        fds[0],
+        fds.get(1)
     );
     // one-shot processes: a leak would show as growth with the host state the runs leave behind
     // (mount points, cache entries, cgroup rules); page-granular noise stays well under 1 MiB

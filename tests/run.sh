@@ -65,7 +65,7 @@ trap - EXIT
 tests/systemd/host.sh stop
 echo "tests/run.sh: systemd host step took $(( $(date +%s) - t ))s"
 echo "== fuzzing, bounded (tests/fuzz.rs; prints execs and time per parser; docs/fuzzing.md)"
-cargo test --locked --test fuzz -- --test-threads=2 --nocapture
+cargo test --locked --features fuzzing --test fuzz -- --test-threads=2 --nocapture
 echo "== benchmark smoke test (bench/run.sh, small N: it must run and report, no timing is judged)"
 out=$(NVHOOK_BIN="$PWD/target/debug/nvhook" FIXTURES=/tmp/nvhook-bench-smoke bash bench/run.sh --n 3 --warmup 1 --breakdown-n 2 \
     --burst 2,3 --burst-reps 1 --hook-cpu 2 2>&1) || { echo "$out"; exit 1; }

@@ -65,93 +65,115 @@ pub fn evaluate(insns: &[BpfInsn], ty: u32, access: u32, major: u32, minor: u32)
         let Some(&i) = insns.get(pc) else {
             return Verdict::Unknown(format!("execution runs off the program at {pc}"));
         };
-        let unknown = |what: &str| {
-            Verdict::Unknown(format!("{what} at instruction {pc} (code {:#04x})", i.code))
-        };
-        let (dst, src) = ((i.regs & 0x0f) as usize, (i.regs >> 4) as usize);
-        if dst > 10 || src > 10 {
-            return unknown("a bad register");
+        match step(&i, pc, &mut r, &ctx) {
+            Ok(Step::Next) => pc += 1,
+            Ok(Step::Goto(next)) => pc = next,
+            Ok(Step::Exit(v)) => return v,
+            Err(what) => {
+                return Verdict::Unknown(format!(
+                    "{what} at instruction {pc} (code {:#04x})",
+                    i.code
+                ));
+            }
         }
-        let class = i.code & 0x07;
-        match class {
-            CLASS_LDX => {
-                if i.code != LDX_MEM_W || r[src] != Reg::Ctx || dst == 10 {
-                    return unknown("a load that is not a 32-bit context load");
-                }
-                let Some(v) = usize::try_from(i.off)
-                    .ok()
-                    .filter(|o| o % 4 == 0)
-                    .and_then(|o| ctx.get(o / 4))
-                else {
-                    return unknown("a context load at a bad offset");
-                };
-                r[dst] = Reg::Scalar(u64::from(*v));
-            }
-            CLASS_ALU | CLASS_ALU64 => {
-                let wide = class == CLASS_ALU64;
-                let op = i.code & 0xf0;
-                let Some(rhs) = operand(&i, &r) else {
-                    return unknown("an ALU source that is not a number");
-                };
-                if dst == 10 {
-                    return unknown("a write to the frame pointer");
-                }
-                let lhs = match (op, r[dst]) {
-                    (0xb0, _) => 0,
-                    (_, Reg::Scalar(v)) => v,
-                    _ => return unknown("an ALU operand that is not a number"),
-                };
-                let Some(v) = alu(op, lhs, rhs, wide) else {
-                    return unknown("an ALU operation outside the understood subset");
-                };
-                r[dst] = Reg::Scalar(v);
-            }
-            CLASS_JMP | CLASS_JMP32 => {
-                let op = i.code & 0xf0;
-                match (op, class) {
-                    (0x90, CLASS_JMP) => {
-                        return match r[0] {
-                            Reg::Scalar(0) => Verdict::Deny,
-                            Reg::Scalar(1) => Verdict::Allow,
-                            _ => unknown("an exit with R0 neither 0 nor 1"),
-                        };
-                    }
-                    (0x00, CLASS_JMP) => {
-                        let Some(next) = jump(pc, i.off) else {
-                            return unknown("a jump out of the program");
-                        };
-                        pc = next;
-                        continue;
-                    }
-                    _ => {}
-                }
-                let Reg::Scalar(a) = r[dst] else {
-                    return unknown("a comparison of something that is not a number");
-                };
-                let Some(b) = operand(&i, &r) else {
-                    return unknown("a comparison with something that is not a number");
-                };
-                let (a, b) = if class == CLASS_JMP32 {
-                    (a & 0xffff_ffff, b & 0xffff_ffff)
-                } else {
-                    (a, b)
-                };
-                let Some(taken) = compare(op, a, b, class == CLASS_JMP32) else {
-                    return unknown("a jump outside the understood subset");
-                };
-                if taken {
-                    let Some(next) = jump(pc, i.off) else {
-                        return unknown("a jump out of the program");
-                    };
-                    pc = next;
-                    continue;
-                }
-            }
-            _ => return unknown("an instruction outside the understood subset"),
-        }
-        pc += 1;
     }
     Verdict::Unknown(format!("more than {MAX_STEPS} steps"))
+}
+
+/// Where the program goes after one instruction.
+enum Step {
+    Next,
+    Goto(usize),
+    Exit(Verdict),
+}
+
+/// Run instruction `i` at `pc` on the registers `r`; Err says what is outside the understood
+/// subset.
+fn step(i: &BpfInsn, pc: usize, r: &mut [Reg; 11], ctx: &[u32; 3]) -> Result<Step, &'static str> {
+    let (dst, src) = ((i.regs & 0x0f) as usize, (i.regs >> 4) as usize);
+    if dst > 10 || src > 10 {
+        return Err("a bad register");
+    }
+    let class = i.code & 0x07;
+    match class {
+        CLASS_LDX => {
+            if i.code != LDX_MEM_W || r[src] != Reg::Ctx || dst == 10 {
+                return Err("a load that is not a 32-bit context load");
+            }
+            let Some(v) = usize::try_from(i.off)
+                .ok()
+                .filter(|o| o % 4 == 0)
+                .and_then(|o| ctx.get(o / 4))
+            else {
+                return Err("a context load at a bad offset");
+            };
+            r[dst] = Reg::Scalar(u64::from(*v));
+        }
+        CLASS_ALU | CLASS_ALU64 => {
+            let wide = class == CLASS_ALU64;
+            let op = i.code & 0xf0;
+            let Some(rhs) = operand(i, r) else {
+                return Err("an ALU source that is not a number");
+            };
+            if dst == 10 {
+                return Err("a write to the frame pointer");
+            }
+            let lhs = match (op, r[dst]) {
+                (0xb0, _) => 0,
+                (_, Reg::Scalar(v)) => v,
+                _ => return Err("an ALU operand that is not a number"),
+            };
+            let Some(v) = alu(op, lhs, rhs, wide) else {
+                return Err("an ALU operation outside the understood subset");
+            };
+            r[dst] = Reg::Scalar(v);
+        }
+        CLASS_JMP | CLASS_JMP32 => return branch(i, pc, r, class, dst),
+        _ => return Err("an instruction outside the understood subset"),
+    }
+    Ok(Step::Next)
+}
+
+/// A jump-class instruction: exit, an unconditional jump or a comparison.
+fn branch(
+    i: &BpfInsn,
+    pc: usize,
+    r: &[Reg; 11],
+    class: u8,
+    dst: usize,
+) -> Result<Step, &'static str> {
+    let op = i.code & 0xf0;
+    let to = || {
+        jump(pc, i.off)
+            .map(Step::Goto)
+            .ok_or("a jump out of the program")
+    };
+    match (op, class) {
+        (0x90, CLASS_JMP) => {
+            return match r[0] {
+                Reg::Scalar(0) => Ok(Step::Exit(Verdict::Deny)),
+                Reg::Scalar(1) => Ok(Step::Exit(Verdict::Allow)),
+                _ => Err("an exit with R0 neither 0 nor 1"),
+            };
+        }
+        (0x00, CLASS_JMP) => return to(),
+        _ => {}
+    }
+    let Reg::Scalar(a) = r[dst] else {
+        return Err("a comparison of something that is not a number");
+    };
+    let Some(b) = operand(i, r) else {
+        return Err("a comparison with something that is not a number");
+    };
+    let (a, b) = if class == CLASS_JMP32 {
+        (a & 0xffff_ffff, b & 0xffff_ffff)
+    } else {
+        (a, b)
+    };
+    let Some(taken) = compare(op, a, b, class == CLASS_JMP32) else {
+        return Err("a jump outside the understood subset");
+    };
+    if taken { to() } else { Ok(Step::Next) }
 }
 
 /// The source operand of an ALU or jump instruction: the source register (a number), or the

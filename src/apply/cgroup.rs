@@ -197,6 +197,8 @@ pub struct DeviceCgroup {
     /// The process's cgroup as `/proc/<pid>/cgroup` names it (the v1 devices one on a hybrid
     /// host, else the cgroup2 one): where a systemd unit is recognised ([`super::systemd`]).
     pub proc_path: String,
+    /// Where extended programs are pinned for reuse (config `program-cache-dir`; None: off).
+    program_cache: Option<PathBuf>,
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
@@ -253,7 +255,15 @@ impl DeviceCgroup {
             v1,
             v2,
             proc_path,
+            program_cache: None,
         })
+    }
+
+    /// Reuse (and keep) extended device programs in `dir` ([`super::progcache`]); an empty
+    /// path: none.
+    pub fn with_program_cache(mut self, dir: &Path) -> DeviceCgroup {
+        self.program_cache = (!dir.as_os_str().is_empty()).then(|| dir.to_owned());
+        self
     }
 
     /// Which kind of cgroup this is, for logs and `nvhook doctor`.
@@ -303,7 +313,7 @@ impl DeviceCgroup {
             grant_v1(fd, path, rules)?;
         }
         if let Some((fd, path)) = self.v2.first() {
-            grant_v2_leaf(fd, path, rules, self.hybrid)?;
+            grant_v2_leaf(fd, path, rules, self.hybrid, self.program_cache.as_deref())?;
         }
         Ok(())
     }
@@ -483,6 +493,7 @@ fn grant_v2_leaf(
     path: &Path,
     rules: &[DeviceRule],
     hybrid: bool,
+    cache: Option<&Path>,
 ) -> Result<(), Error> {
     let err = |reason: String| cgroup_err(path, rules, reason);
     let level = level_programs(dir, path, rules, hybrid)?;
@@ -508,7 +519,7 @@ fn grant_v2_leaf(
             continue;
         }
         let new = bpfprog::prepend_allow(rules, &insns);
-        let new_fd = sys::prog_load_cgroup_device(&new, "GPL")
+        let new_fd = super::progcache::load(cache, &new)
             .map_err(|e| err(format!("cannot load the extended device program: {e}")))?;
         attach_in_place(dir, &new_fd, &old, level.flags)
             .map_err(|e| err(format!("cannot swap device program {id}: {e}")))?;

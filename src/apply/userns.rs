@@ -235,37 +235,10 @@ pub fn preflight(
     policy: Option<&(String, String)>,
 ) -> Result<(), Error> {
     if let Some((cgroup, list)) = policy {
-        let denied: Vec<String> = plan
-            .cgroup_rules
-            .iter()
-            .filter(|r| !list_allows(list, r))
-            .map(|r| r.to_string())
-            .collect();
-        if !denied.is_empty() {
-            return Err(Error::Rootless {
-                what: format!("device cgroup {cgroup}"),
-                reason: format!(
-                    "its policy (devices.list) does not allow {}, and nothing in a user namespace can change it",
-                    denied.join(", ")
-                ),
-                hint: "have root allow these devices in that cgroup (devices.allow) or one of its parents, or start podman from a cgroup without a device policy".into(),
-            });
-        }
+        check_policy(plan, cgroup, list)?;
     }
     let needs = needs(plan);
-    let nodev: Vec<String> = needs
-        .iter()
-        .filter(|n| n.device)
-        .filter(|n| statvfs(&n.host).is_ok_and(|s| s.flags().contains(FsFlags::ST_NODEV)))
-        .map(|n| n.host.display().to_string())
-        .collect();
-    if !nodev.is_empty() {
-        return Err(Error::Rootless {
-            what: format!("device node(s) {}", nodev.join(", ")),
-            reason: "they lie on a host mount with nodev, a flag that a user namespace cannot lift: they would be present in the container but could not be opened".into(),
-            hint: "give dev-root a directory on a mount without nodev (the host's /dev is one)".into(),
-        });
-    }
+    check_nodev(&needs)?;
     let (optional, denied): (Vec<_>, Vec<_>) = denied_to(user, &needs)?
         .into_iter()
         .partition(|(n, _)| n.optional);
@@ -281,6 +254,50 @@ pub fn preflight(
     if denied.is_empty() {
         return Ok(());
     }
+    Err(unusable(&denied, user, &who))
+}
+
+/// The device cgroup's v1 policy (`devices.list` of `cgroup`) allows every rule of `plan`.
+fn check_policy(plan: &Plan, cgroup: &str, list: &str) -> Result<(), Error> {
+    let denied: Vec<String> = plan
+        .cgroup_rules
+        .iter()
+        .filter(|r| !list_allows(list, r))
+        .map(|r| r.to_string())
+        .collect();
+    if !denied.is_empty() {
+        return Err(Error::Rootless {
+            what: format!("device cgroup {cgroup}"),
+            reason: format!(
+                "its policy (devices.list) does not allow {}, and nothing in a user namespace can change it",
+                denied.join(", ")
+            ),
+            hint: "have root allow these devices in that cgroup (devices.allow) or one of its parents, or start podman from a cgroup without a device policy".into(),
+        });
+    }
+    Ok(())
+}
+
+/// No device node lies on a nodev mount (a user namespace cannot lift the flag).
+fn check_nodev(needs: &[Need]) -> Result<(), Error> {
+    let nodev: Vec<String> = needs
+        .iter()
+        .filter(|n| n.device)
+        .filter(|n| statvfs(&n.host).is_ok_and(|s| s.flags().contains(FsFlags::ST_NODEV)))
+        .map(|n| n.host.display().to_string())
+        .collect();
+    if !nodev.is_empty() {
+        return Err(Error::Rootless {
+            what: format!("device node(s) {}", nodev.join(", ")),
+            reason: "they lie on a host mount with nodev, a flag that a user namespace cannot lift: they would be present in the container but could not be opened".into(),
+            hint: "give dev-root a directory on a mount without nodev (the host's /dev is one)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The error for the `denied` files: each with its mode and what it needs, and the fix.
+fn unusable(denied: &[(Need, String)], user: &ProcessUser, who: &str) -> Error {
     let list = denied
         .iter()
         .map(|(n, errno)| {
@@ -305,11 +322,11 @@ pub fn preflight(
     } else {
         "make the driver's files readable (and its programs executable) by this user on the host"
     };
-    Err(Error::Rootless {
+    Error::Rootless {
         what: list,
         reason: format!("the container's process ({who}) could not use them"),
         hint: hint.into(),
-    })
+    }
 }
 
 fn describe_user(user: &ProcessUser, privilege: Privilege) -> String {

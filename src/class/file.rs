@@ -14,7 +14,7 @@ use crate::plan::MountFlags;
 
 /// Every class's variable starts with this, so the hook's fast path can tell from the container's
 /// environment alone, without reading any file of the host, that no class is asked for.
-pub const ENV_PREFIX: &str = "NVHOOK_DEVICES_";
+pub use crate::state::spec::CLASS_ENV_PREFIX as ENV_PREFIX;
 /// Class files larger than this are not class files.
 const MAX_CLASS_FILE: u64 = 256 << 10;
 

@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::devnode::{HostNode, NodeType};
 use crate::error::Error;
 use crate::layout::Layout;
-use crate::nvidia::libraries::Library;
+use crate::library::Library;
 use crate::plan::{DeviceRule, Plan};
 
 /// More class files than this in one directory is a mistake, not a configuration.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{Class, ENV_PREFIX, load_dir};
 use crate::config::Config;
 use crate::error::Error;
-use crate::nvidia::request::env_map;
+use crate::state::env_map;
 
 /// A selection value longer than this is refused (no host has that many devices to name).
 const MAX_VALUE_LEN: usize = 4096;

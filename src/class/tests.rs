@@ -109,6 +109,7 @@ fn indexes_and_names_pick_only_matched_nodes() {
 }
 
 #[test]
+// Long by design: one scenario of classes and variables, checked step by step.
 fn requests_follow_the_classes_and_refuse_unknown_variables() {
     let cam = class("devices = [\"video*\"]\n");
     let mut ib = file::parse(

@@ -13,7 +13,10 @@
 //! replaced file beside it as `<id>@<n>`. It names each entry by its path with every symlink
 //! already resolved (so poststop never follows one), its type and its inode (`st_dev`, `st_ino`).
 //! Poststop undoes an entry only if the path, resolved with no symlink allowed, still holds that
-//! very inode; anything else is left where it is, with a warning.
+//! very inode; anything else is left where it is, with a warning. A replacement also carries
+//! when the replaced file was looked at: inode numbers come back (the image's file a first
+//! container replaced can be a second one's new inode), and only the times then tell which of
+//! two replacements of a path came first.
 //!
 //! Containers can share a rootfs directory. An entry one of them created may be the mount point
 //! of another that started later and found it there; removing it would detach that mount in the
@@ -82,6 +85,11 @@ pub struct Entry {
     pub kind: Kind,
     pub id: Identity,
     pub before: Saved,
+    /// when the replaced `before` was looked at (CLOCK_BOOTTIME ns; of entries folded into one,
+    /// the latest look; 0: nothing was there, or a record written before this field): orders
+    /// replacements when an inode number came back
+    #[serde(default)]
+    pub at: u64,
 }
 
 /// What one container's prestart changed in its rootfs.
@@ -103,24 +111,28 @@ pub struct Record {
 /// replaced what another one put there (its `before` is that one's inode), the pair becomes one
 /// entry, "the newest inode, where the oldest `before` was". Returns the blobs no entry refers
 /// to any more.
+///
+/// An inode number can come back: the image's file that the first replacement freed may be the
+/// second one's new inode, and then each entry's `before` names the other's inode. Only then
+/// do the times decide: the one looked at earlier did not replace the later one's
+/// ([`Entry::at`]; a record without them keeps the first reading).
 pub fn absorb(into: &mut Vec<Entry>, newer: Vec<Entry>) -> Vec<String> {
+    let names = |a: &Entry, b: &Entry| a.path == b.path && a.before.id() == Some(b.id);
+    // `a` replaced what `b` had put there
+    let replaced = |a: &Entry, b: &Entry| {
+        names(a, b) && !(names(b, a) && a.at != 0 && b.at != 0 && a.at < b.at)
+    };
     let mut unused = Vec::new();
     for mut e in newer {
         // e replaced what x had put there
-        if let Some(x) = into
-            .iter_mut()
-            .find(|x| x.path == e.path && e.before.id() == Some(x.id))
-        {
+        if let Some(x) = into.iter_mut().find(|x| replaced(&e, x)) {
             unused.extend(e.before.blob().map(str::to_owned));
             e.before = std::mem::replace(&mut x.before, Saved::Absent);
             *x = e;
             continue;
         }
         // x replaced what e had put there (e comes from a container that ran earlier)
-        if let Some(x) = into
-            .iter_mut()
-            .find(|x| x.path == e.path && x.before.id() == Some(e.id))
-        {
+        if let Some(x) = into.iter_mut().find(|x| replaced(x, &e)) {
             unused.extend(x.before.blob().map(str::to_owned));
             x.before = e.before;
             continue;
@@ -141,7 +153,11 @@ pub fn start_time(pid: i32) -> Option<u64> {
     if pid <= 0 {
         return None;
     }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::bounded::read_to_string(
+        Path::new(&format!("/proc/{pid}/stat")),
+        crate::bounded::PROC_TEXT,
+    )
+    .ok()?;
     // the command name (field 2) may hold spaces and parentheses: count from the last ')'
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
@@ -176,6 +192,7 @@ fn entry_of(store: &Store, id: &str, c: Change) -> std::io::Result<Entry> {
         kind: c.kind,
         id: c.id,
         before,
+        at: c.at,
     })
 }
 
@@ -241,6 +258,8 @@ impl Tracker {
         }
     }
 
+    // Long by design: everything under the record lock in one place, so the order of
+    // reads, takeovers and writes under it can be read at once.
     fn try_begin(&self, rootfs: &Rootfs) -> std::io::Result<()> {
         let root = rootfs.identity().map_err(std::io::Error::other)?;
         let _lock = self.store.lock()?;
@@ -442,10 +461,7 @@ pub fn poststop(store: &Store, id: &str, bundle: &Path) -> std::io::Result<Undon
         let unused = absorb(&mut target.entries, entries);
         store.remove_blob_names(&unused);
         store.write(&to, &target)?;
-        store.remove_record_file(id, rec.root);
-        for (g, _) in &gone {
-            store.remove_record_file(g, rec.root);
-        }
+        remove_records(store, id, &gone, rec.root);
         log::debug!(
             "container {id}: container {to} still runs on {}; it keeps the entries",
             path.display()
@@ -454,15 +470,21 @@ pub fn poststop(store: &Store, id: &str, bundle: &Path) -> std::io::Result<Undon
     }
     let (restored, left) = undo::undo(&root, &entries, store);
     store.remove_blobs(&entries);
-    store.remove_record_file(id, rec.root);
-    for (g, _) in &gone {
-        store.remove_record_file(g, rec.root);
-    }
+    remove_records(store, id, &gone, rec.root);
     log::debug!(
         "container {id}: {restored} entr(ies) of nvhook put back in {}, {left} left",
         path.display()
     );
     Ok(Undone::Restored { restored, left })
+}
+
+/// The end of a poststop: the record of `id` and those of the `gone` containers it absorbed
+/// (all about rootfs `root`) go.
+fn remove_records(store: &Store, id: &str, gone: &[(String, Record)], root: Identity) {
+    store.remove_record_file(id, root);
+    for (g, _) in gone {
+        store.remove_record_file(g, root);
+    }
 }
 
 #[cfg(test)]

@@ -7,31 +7,33 @@
 //! debris, stale index entries) at most once per [`SWEEP_EVERY`], stamped by `.swept`.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag, openat, renameat};
+use nix::fcntl::{Flock, FlockArg, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{Mode, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::{Entry, RECORD_VERSION, Record};
-use crate::rootfs::Identity;
+use crate::rootfs::{Identity, create_exclusive};
 
 /// A record is a few hundred bytes per entry; anything larger is not ours.
 const MAX_RECORD: u64 = 16 << 20;
 const MAX_BLOB: u64 = 64 << 20;
 
-/// The index of records by rootfs identity.
+/// The index of records by rootfs identity: a directory per rootfs, `<dev>-<ino>`, holding an
+/// empty file per container id that has a record about it, so that a start reads only its own
+/// rootfs's entries however many records there are.
 const INDEX: &str = ".by-root";
 /// The time of the last sweep (its mtime).
 const SWEPT: &str = ".swept";
 /// How often a start sweeps the whole directory.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The index entry of record `id` about the rootfs `root`.
-fn index_name(id: &str, root: Identity) -> String {
-    format!("{}-{}_{id}", root.dev, root.ino)
+/// The index directory of the rootfs `root`.
+fn index_dir(root: Identity) -> String {
+    format!("{}-{}", root.dev, root.ino)
 }
 
 /// Can `id` name a record file? The runtime's container id (runc allows `[\w+.-]`), never `.`
@@ -90,6 +92,14 @@ impl Store {
 
     /// [`Store::open`] of the directory `path` (the tests use their own).
     pub fn open_at(path: PathBuf, create: bool) -> std::io::Result<Option<Store>> {
+        // it is there at every start but the first: made only when the open finds nothing
+        if let Ok(dir) = nix::fcntl::open(
+            &path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            return Store::checked(dir, path).map(Some);
+        }
         if create {
             // nvhook's /run directory first (0700 too, when this makes it)
             let parents: Vec<&Path> = path.ancestors().skip(1).take(1).collect();
@@ -121,6 +131,12 @@ impl Store {
                 )));
             }
         };
+        Store::checked(dir, path).map(Some)
+    }
+
+    /// The directory `dir` (at `path`) as the record directory, if it is this user's and
+    /// closed to others.
+    fn checked(dir: OwnedFd, path: PathBuf) -> std::io::Result<Store> {
         let st = fstat(&dir).map_err(io)?;
         if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
             return Err(std::io::Error::other(format!(
@@ -131,7 +147,7 @@ impl Store {
                 st.st_uid
             )));
         }
-        Ok(Some(Store { dir, path }))
+        Ok(Store { dir, path })
     }
 
     pub fn path(&self) -> &Path {
@@ -161,12 +177,13 @@ impl Store {
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(io(e)),
         };
-        if fstat(&fd).map_err(io)?.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+        let st = fstat(&fd).map_err(io)?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
             return Err(std::io::Error::other(format!(
                 "{name} is not a regular file"
             )));
         }
-        let mut buf = Vec::new();
+        let mut buf = Vec::with_capacity((st.st_size.max(0) as u64).min(limit) as usize + 1);
         std::fs::File::from(fd)
             .take(limit + 1)
             .read_to_end(&mut buf)?;
@@ -181,17 +198,7 @@ impl Store {
     /// Write `name` whole, or not at all: a temporary file renamed over it.
     fn write_file(&self, name: &str, data: &[u8], exclusive: bool) -> std::io::Result<()> {
         if exclusive {
-            let fd = openat(
-                self.dir.as_fd(),
-                name,
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_WRONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .map_err(io)?;
+            let fd = create_exclusive(self.dir.as_fd(), name, 0o600).map_err(io)?;
             let w = std::fs::File::from(fd).write_all(data);
             if w.is_err() {
                 let _ = unlinkat(self.dir.as_fd(), name, UnlinkatFlags::NoRemoveDir);
@@ -199,10 +206,30 @@ impl Store {
             return w;
         }
         let tmp = format!(".{name}.{}.tmp", std::process::id());
-        let _ = unlinkat(self.dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        self.write_file(&tmp, data, true)?;
-        renameat(self.dir.as_fd(), tmp.as_str(), self.dir.as_fd(), name).map_err(|e| {
+        if let Err(e) = self.write_file(&tmp, data, true) {
+            // debris of a killed hook that had this pid
+            if e.raw_os_error() != Some(Errno::EEXIST as i32) {
+                return Err(e);
+            }
             let _ = unlinkat(self.dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            self.write_file(&tmp, data, true)?;
+        }
+        // An existing record is exchanged with the new one, then unlinked: a rename over an
+        // existing file makes ext4 (auto_da_alloc) start writing the new file back at once,
+        // about 0.3 ms on the start's path; an exchange does not. Where there is nothing to
+        // replace (ENOENT) or the filesystem cannot exchange, a plain rename.
+        let dir = self.dir.as_fd();
+        let done = match renameat2(dir, tmp.as_str(), dir, name, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => {
+                unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir).or(Ok::<(), Errno>(()))
+            }
+            Err(Errno::ENOENT | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                renameat(dir, tmp.as_str(), dir, name)
+            }
+            Err(e) => Err(e),
+        };
+        done.map_err(|e| {
+            let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             io(e)
         })
     }
@@ -242,19 +269,45 @@ impl Store {
     pub fn write(&self, id: &str, rec: &Record) -> std::io::Result<()> {
         let json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
         self.write_file(id, &json, false)?;
-        let index = self.index(true)?;
-        match openat(
-            index.as_fd(),
-            index_name(id, rec.root).as_str(),
+        let sub = index_dir(rec.root);
+        let err = |e: Errno| {
+            std::io::Error::other(format!(
+                "{}/{INDEX}/{sub}: cannot index the record of {id}: {e}",
+                self.path.display()
+            ))
+        };
+        let open_sub = |at: BorrowedFd<'_>, name: &str| {
+            openat(
+                at,
+                name,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        // the rootfs's directory is there when the start wrote its record at the beginning
+        let dir = match open_sub(self.dir.as_fd(), &format!("{INDEX}/{sub}")) {
+            Ok(fd) => fd,
+            Err(_) => {
+                let index = self.index(true)?;
+                match nix::sys::stat::mkdirat(
+                    index.as_fd(),
+                    sub.as_str(),
+                    Mode::from_bits_truncate(0o700),
+                ) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(err(e)),
+                }
+                open_sub(index.as_fd(), &sub).map_err(err)?
+            }
+        };
+        openat(
+            dir.as_fd(),
+            id,
             OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(std::io::Error::other(format!(
-                "{}/{INDEX}: cannot index the record of {id}: {e}",
-                self.path.display()
-            ))),
-        }
+        )
+        .map(drop)
+        .map_err(err)
     }
 
     /// The index directory (with `create`, made if missing).
@@ -277,51 +330,77 @@ impl Store {
 
     /// The ids whose records the index lists for the rootfs `root`.
     pub fn ids_on(&self, root: Identity) -> std::io::Result<Vec<String>> {
-        let index = match self.index(false) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let prefix = index_name("", root);
-        Ok(names_in(index)?
-            .into_iter()
-            .filter_map(|n| n.strip_prefix(prefix.as_str()).map(str::to_owned))
-            .filter(|id| valid_id(id))
-            .collect())
+        let dir = openat(
+            self.dir.as_fd(),
+            format!("{INDEX}/{}", index_dir(root)).as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        );
+        match dir {
+            Ok(fd) => Ok(names_in(fd)?
+                .into_iter()
+                .filter(|id| valid_id(id))
+                .collect()),
+            Err(Errno::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// Remove the record file of `id` (about rootfs `root`) and its index entry; not its blobs.
     pub fn remove_record_file(&self, id: &str, root: Identity) {
         self.remove_file(id);
-        if let Ok(index) = self.index(false) {
-            match unlinkat(
-                index.as_fd(),
-                index_name(id, root).as_str(),
-                UnlinkatFlags::NoRemoveDir,
-            ) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => log::warn!(
-                    "cannot remove {}/{INDEX} entry of {id}: {e}",
-                    self.path.display()
-                ),
-            }
+        let Ok(index) = self.index(false) else { return };
+        let sub = index_dir(root);
+        match unlinkat(
+            index.as_fd(),
+            format!("{sub}/{id}").as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => log::warn!(
+                "cannot remove {}/{INDEX}/{sub} entry of {id}: {e}",
+                self.path.display()
+            ),
         }
+        // the last one out removes the rootfs's directory (not empty: another record's)
+        let _ = unlinkat(index.as_fd(), sub.as_str(), UnlinkatFlags::RemoveDir);
     }
 
     /// Index entries whose record is missing or about another rootfs (`roots`: every record's
-    /// id and rootfs, read by the sweep) go; so do index entries that name no valid id.
+    /// id and rootfs, read by the sweep) go, and so do rootfs directories left empty and
+    /// anything else in the index (entries of an earlier layout, names of no valid id).
     pub fn remove_stale_index(&self, roots: &[(String, Identity)]) {
         let (Ok(index), Ok(listing)) = (self.index(false), self.index(false)) else {
             return;
         };
-        let Ok(names) = names_in(listing) else {
+        let Ok(subs) = names_in(listing) else {
             return;
         };
-        for n in names {
-            let live = roots.iter().any(|(id, root)| index_name(id, *root) == n);
-            if !live {
-                let _ = unlinkat(index.as_fd(), n.as_str(), UnlinkatFlags::NoRemoveDir);
+        for sub in subs {
+            let listing = openat(
+                index.as_fd(),
+                sub.as_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            );
+            let Ok(ids) = listing.map_err(io).and_then(names_in) else {
+                // not a directory: an entry of the earlier flat layout
+                let _ = unlinkat(index.as_fd(), sub.as_str(), UnlinkatFlags::NoRemoveDir);
+                continue;
+            };
+            for id in ids {
+                let live = roots
+                    .iter()
+                    .any(|(rid, root)| *rid == id && index_dir(*root) == sub);
+                if !live {
+                    let _ = unlinkat(
+                        index.as_fd(),
+                        format!("{sub}/{id}").as_str(),
+                        UnlinkatFlags::NoRemoveDir,
+                    );
+                }
             }
+            let _ = unlinkat(index.as_fd(), sub.as_str(), UnlinkatFlags::RemoveDir);
         }
     }
 

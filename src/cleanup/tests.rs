@@ -110,15 +110,23 @@ fn store_files(t: &Tmp) -> Vec<String> {
     v
 }
 
-/// The entries of the store's index of records by rootfs.
+/// The entries of the store's index of records by rootfs, as `<rootfs>/<id>`.
 fn index_entries(t: &Tmp) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(t.0.join("store/.by-root"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut v = Vec::new();
+    for sub in std::fs::read_dir(t.0.join("store/.by-root"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = sub.file_name().to_string_lossy().into_owned();
+        for e in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            v.push(format!("{name}/{}", e.file_name().to_string_lossy()));
+        }
+    }
     v.sort();
     v
 }
@@ -205,10 +213,12 @@ fn a_running_container_on_the_same_rootfs_keeps_the_entries() {
         tree(&root),
         "the running container's mount points must stay"
     );
-    assert!(matches!(
-        poststop(&s, "second", Path::new(NO_BUNDLE)).unwrap(),
-        Undone::Restored { left: 0, .. }
-    ));
+    let second = poststop(&s, "second", Path::new(NO_BUNDLE)).unwrap();
+    assert!(
+        matches!(second, Undone::Restored { left: 0, .. }),
+        "{second:?}: {:?}",
+        tree(&root)
+    );
     assert_eq!(before, tree(&root));
     assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
     assert!(index_entries(&t).is_empty(), "{:?}", index_entries(&t));
@@ -295,22 +305,37 @@ fn swapped_entries_are_left_and_nothing_else_is_removed() {
     assert!(index_entries(&t).is_empty(), "{:?}", index_entries(&t));
 }
 
-#[test]
-fn absorb_chains_changes_of_one_path() {
-    let id = |ino| Identity { dev: 1, ino };
-    let blob = |b: &str, ino| Saved::File {
+/// An inode of device 1.
+fn ino(ino: u64) -> Identity {
+    Identity { dev: 1, ino }
+}
+
+/// A kept original file (inode `n`) in blob `blob`.
+fn kept(blob: &str, n: u64) -> Saved {
+    Saved::File {
         mode: 0o644,
         uid: 0,
         gid: 0,
-        blob: b.into(),
-        id: id(ino),
-    };
-    let e = |ino, before| Entry {
+        blob: blob.into(),
+        id: ino(n),
+    }
+}
+
+/// nvhook's /etc/ld.so.cache, inode `n`, where `before` was, looked at `at`.
+fn cache_entry(n: u64, before: Saved, at: u64) -> Entry {
+    Entry {
         path: "/etc/ld.so.cache".into(),
         kind: Kind::File,
-        id: id(ino),
+        id: ino(n),
         before,
-    };
+        at,
+    }
+}
+
+#[test]
+fn absorb_chains_changes_of_one_path() {
+    let e = |n, before| cache_entry(n, before, 0);
+    let blob = kept;
     // the image's cache (inode 1) replaced by A's (2), then by B's (3)
     let a = e(2, blob("a@0", 1));
     let b = e(3, blob("b@0", 2));
@@ -327,6 +352,30 @@ fn absorb_chains_changes_of_one_path() {
     d.path = "/usr/bin/nvidia-smi".into();
     absorb(&mut into, vec![d.clone()]);
     assert_eq!(into, vec![a, d]);
+}
+
+#[test]
+fn absorb_is_not_fooled_by_an_inode_number_that_came_back() {
+    let (e, blob) = (cache_entry, kept);
+    // the image's cache (inode 1) replaced by A's (2), then by B's, which got inode 1 again:
+    // A's `before` names B's inode and B's names A's; only the times tell who came first
+    let a = e(2, blob("a@0", 1), 100);
+    let b = e(1, blob("b@0", 2), 200);
+    for (first, then) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+        let mut into = vec![first];
+        let unused = absorb(&mut into, vec![then]);
+        assert_eq!(into, vec![e(1, blob("a@0", 1), 200)]);
+        assert_eq!(unused, ["b@0"]);
+    }
+    // where the inodes are unambiguous the times do not matter (a record kept across a reboot:
+    // CLOCK_BOOTTIME began again)
+    let a = e(2, blob("a@0", 1), 900);
+    let b = e(3, blob("b@0", 2), 100);
+    for (first, then) in [(a.clone(), b.clone()), (b, a)] {
+        let mut into = vec![first];
+        absorb(&mut into, vec![then]);
+        assert_eq!(into, vec![e(3, blob("a@0", 1), 100)]);
+    }
 }
 
 #[test]
@@ -409,7 +458,7 @@ fn a_start_reads_only_its_rootfs_records_until_a_sweep_is_due() {
     assert!(
         index
             .iter()
-            .all(|n| n.ends_with("_one") || n.ends_with("_two")),
+            .all(|n| n.ends_with("/one") || n.ends_with("/two")),
         "{index:?}"
     );
 }

@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
@@ -147,17 +147,8 @@ fn undo_one(root: &OwnedFd, e: &Entry, store: &Store) -> Result<bool, String> {
                 .map_err(|err| format!("the original is not kept: {err}"))?;
             let tmp = tmp_name(name);
             let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-            let fd = openat(
-                dir.as_fd(),
-                tmp.as_str(),
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_WRONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .map_err(|err| format!("cannot write the original back: {err}"))?;
+            let fd = crate::rootfs::create_exclusive(dir.as_fd(), tmp.as_str(), 0o600)
+                .map_err(|err| format!("cannot write the original back: {err}"))?;
             let mut f = std::fs::File::from(fd);
             let written = f
                 .write_all(&content)

@@ -22,18 +22,15 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::{Mode, fstat};
 use serde::{Deserialize, Serialize};
 
-use super::extras::DriverFile;
+use super::driver_files::DriverFile;
 use super::libraries::{Binary, Library};
+use super::private_file::{read_private, write_private};
 
 /// Bumped whenever the file's shape or the meaning of its fields changes.
 pub const FORMAT: u32 = 1;
@@ -137,33 +134,7 @@ impl Slot {
     }
 
     fn try_load(&self) -> Result<DriverFiles, String> {
-        let dir = open_private_dir(&self.dir)?;
-        let fd = openat(
-            dir.as_fd(),
-            self.name.as_str(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| e.to_string())?;
-        let st = fstat(&fd).map_err(|e| e.to_string())?;
-        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
-            return Err("not a regular file".into());
-        }
-        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
-            return Err(format!(
-                "owner {} mode {:o}: must be ours and 0600",
-                st.st_uid,
-                st.st_mode & 0o7777
-            ));
-        }
-        if st.st_size > MAX_SIZE {
-            return Err("too large".into());
-        }
-        let mut bytes = Vec::with_capacity(st.st_size.max(0) as usize);
-        std::fs::File::from(fd)
-            .take(MAX_SIZE as u64)
-            .read_to_end(&mut bytes)
-            .map_err(|e| e.to_string())?;
+        let bytes = read_private(&self.dir, &self.name, MAX_SIZE)?;
         let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         if entry.key != self.key {
             return Err("another key (driver, capabilities, config or nvhook changed)".into());
@@ -217,59 +188,8 @@ impl Slot {
 
     fn write(&self, entry: &Entry) -> Result<(), String> {
         let bytes = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
-        match std::fs::symlink_metadata(&self.dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&self.dir)
-                    .map_err(|e| e.to_string())?;
-            }
-            _ => {}
-        }
-        let dir = open_private_dir(&self.dir)?;
-        let tmp = format!(".{}.{}", self.name, std::process::id());
-        let fd = openat(
-            dir.as_fd(),
-            tmp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| e.to_string())?;
-        let written = std::fs::File::from(fd).write_all(&bytes);
-        let renamed = written.map_err(|e| e.to_string()).and_then(|()| {
-            nix::fcntl::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), self.name.as_str())
-                .map_err(|e| e.to_string())
-        });
-        if renamed.is_err() {
-            let _ = nix::unistd::unlinkat(
-                dir.as_fd(),
-                tmp.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-        }
-        renamed
+        write_private(&self.dir, &self.name, &bytes)
     }
-}
-
-/// Open the cache directory (no symlink) and check that it is ours and nobody else can write it.
-fn open_private_dir(dir: &Path) -> Result<std::os::fd::OwnedFd, String> {
-    let fd = nix::fcntl::open(
-        dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let st = fstat(&fd).map_err(|e| e.to_string())?;
-    if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
-        return Err(format!(
-            "{}: owner {} mode {:o}: must be ours and writable by nobody else",
-            dir.display(),
-            st.st_uid,
-            st.st_mode & 0o7777
-        ));
-    }
-    Ok(fd)
 }
 
 #[cfg(test)]
@@ -443,5 +363,45 @@ mod tests {
     #[test]
     fn an_empty_cache_dir_turns_it_off() {
         assert!(Slot::new(Path::new(""), "k".into(), Path::new("/")).is_none());
+    }
+
+    /// A GPU's `information` is kept while its binding link stays the same inode, and read
+    /// again once the link is made anew (a rebind) or where there is none.
+    #[test]
+    fn gpu_information_is_kept_while_the_binding_stays() {
+        let f = fixture();
+        let sys = f._tmp.0.join("sys");
+        let drivers = sys.join("bus/pci/drivers/nvidia");
+        std::fs::create_dir_all(&drivers).unwrap();
+        let link = drivers.join("0000:00:06.0");
+        std::os::unix::fs::symlink("../../../../devices/pci0000:00/0000:00:06.0", &link).unwrap();
+        let memo = super::super::gpus::GpuInfo::new(&f.cache, &sys).unwrap();
+        assert_eq!(memo.get("0000:00:06.0"), None, "nothing kept yet");
+        memo.put("0000:00:06.0", "Model: A\nDevice Minor: 0\n");
+        assert_eq!(
+            memo.get("0000:00:06.0").as_deref(),
+            Some("Model: A\nDevice Minor: 0\n")
+        );
+        // another GPU, or no binding: nothing
+        assert_eq!(memo.get("0000:00:07.0"), None);
+        memo.put("0000:00:07.0", "Model: B\n");
+        assert_eq!(memo.get("0000:00:07.0"), None, "no binding, not kept");
+        assert_eq!(memo.get("../x"), None);
+        // a rebind: the link is made anew (another inode; keep the old one alive so the
+        // number cannot be reused at once)
+        let keep = drivers.join("old");
+        std::fs::rename(&link, &keep).unwrap();
+        std::os::unix::fs::symlink("../../../../devices/pci0000:00/0000:00:06.0", &link).unwrap();
+        assert_eq!(memo.get("0000:00:06.0"), None, "read again after a rebind");
+        // a file of someone else's mode is not trusted
+        memo.put("0000:00:06.0", "Model: C\n");
+        let kept = f.cache.join("gpu-0000:00:06.0.info");
+        std::fs::set_permissions(&kept, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        assert_eq!(memo.get("0000:00:06.0"), None, "a 0644 file is ignored");
+        assert!(
+            super::super::gpus::GpuInfo::new(Path::new(""), &sys).is_none(),
+            "cache off"
+        );
     }
 }

@@ -5,11 +5,9 @@
 
 use std::path::PathBuf;
 
-use nvhook_sys::nvml_wrapper::enum_wrappers::device::Brand;
-
 use super::Inventory;
 use super::gpus::Gpu;
-use super::mig::Nvml;
+use super::nvml::Nvml;
 use super::require::Facts;
 
 pub struct HostFacts {
@@ -41,29 +39,6 @@ impl HostFacts {
     fn cuda_from_note(&self) -> Option<String> {
         let f = std::fs::File::open(self.libcuda.as_ref()?).ok()?;
         crate::elf::cuda_version_note(&f)
-    }
-}
-
-/// NVML's brand, named as libnvidia-container names it (`src/driver.c`).
-pub fn brand_name(b: Brand) -> &'static str {
-    match b {
-        Brand::Quadro => "Quadro",
-        Brand::Tesla => "Tesla",
-        Brand::NVS => "NVS",
-        Brand::GRID => "GRID",
-        Brand::GeForce => "GeForce",
-        Brand::Titan => "TITAN",
-        Brand::VApps => "VApps",
-        Brand::VPC => "VPC",
-        Brand::VCS => "VCS",
-        Brand::VWS => "VWS",
-        Brand::CloudGaming | Brand::VGaming => "CloudGaming",
-        Brand::QuadroRTX => "QuadroRTX",
-        Brand::NvidiaRTX => "NvidiaRTX",
-        Brand::Nvidia => "Nvidia",
-        Brand::GeForceRTX => "GeForceRTX",
-        Brand::TitanRTX => "TitanRTX",
-        Brand::Unknown => "Unknown",
     }
 }
 

@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use std::os::unix::fs::MetadataExt;
+
+use super::private_file::{read_private, write_private};
 use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,8 +103,9 @@ pub fn parse_information(path: &Path, text: &str, dir_name: &str) -> Result<Opti
     }))
 }
 
-/// All GPUs the driver knows, in index order.
-pub fn discover(proc_root: &Path) -> Result<Vec<Gpu>, Error> {
+/// All GPUs the driver knows, in index order. `memo`: each GPU's `information` as an earlier
+/// start read it, while the GPU stays bound to the driver.
+pub fn discover(proc_root: &Path, memo: Option<&GpuInfo>) -> Result<Vec<Gpu>, Error> {
     let dir = proc_root.join("driver/nvidia/gpus");
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -117,7 +121,16 @@ pub fn discover(proc_root: &Path) -> Result<Vec<Gpu>, Error> {
         })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path: PathBuf = entry.path().join("information");
-        let text = read_proc(&path)?;
+        let text = match memo.and_then(|m| m.get(&name)) {
+            Some(text) => text,
+            None => {
+                let text = read_proc(&path)?;
+                if let Some(m) = memo {
+                    m.put(&name, &text);
+                }
+                text
+            }
+        };
         if let Some(gpu) = parse_information(&path, &text, &name)? {
             gpus.push(gpu);
         }
@@ -164,6 +177,61 @@ pub fn parse_version(text: &str) -> Option<String> {
                     .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         })
         .map(str::to_owned)
+}
+
+/// The driver's `information` file of each GPU as an earlier start read it (reading it asks the
+/// GPU's firmware: 0.15-0.3 ms a GPU at every start on the GPU host), kept in
+/// `<cache-dir>/gpu-<bus>.info` with the identity of the GPU's binding to the driver,
+/// `<sys-root>/bus/pci/drivers/nvidia/<bus>`: sysfs makes that link anew, with a new inode
+/// number, whenever the driver binds the device (a module reload, an unbind and rebind, a new
+/// device at that address), and nothing the file tells (model, UUID, bus, device minor) changes
+/// while it stays bound. No link there (a fake tree, another driver): read every time.
+pub struct GpuInfo {
+    dir: PathBuf,
+    drivers: PathBuf,
+}
+
+/// A GPU's `information` file is far smaller.
+const MAX_INFO: i64 = 64 << 10;
+
+impl GpuInfo {
+    /// None when the cache is off (an empty `cache-dir`).
+    pub fn new(cache_dir: &Path, sys_root: &Path) -> Option<GpuInfo> {
+        (!cache_dir.as_os_str().is_empty()).then(|| GpuInfo {
+            dir: cache_dir.to_owned(),
+            drivers: sys_root.join("bus/pci/drivers/nvidia"),
+        })
+    }
+
+    fn binding(&self, bus: &str) -> Option<String> {
+        if bus.is_empty() || bus.contains('/') || bus.starts_with('.') {
+            return None;
+        }
+        let m = std::fs::symlink_metadata(self.drivers.join(bus)).ok()?;
+        Some(format!("binding {} {}\n", m.dev(), m.ino()))
+    }
+
+    /// The file as kept for GPU `bus`, if its binding is the one it was read under.
+    pub fn get(&self, bus: &str) -> Option<String> {
+        let head = self.binding(bus)?;
+        let bytes = read_private(&self.dir, &format!("gpu-{bus}.info"), MAX_INFO).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        text.strip_prefix(head.as_str()).map(str::to_owned)
+    }
+
+    /// Keep `text`, just read for GPU `bus` (best effort).
+    pub fn put(&self, bus: &str, text: &str) {
+        let Some(head) = self.binding(bus) else {
+            return;
+        };
+        if let Err(e) = write_private(
+            &self.dir,
+            &format!("gpu-{bus}.info"),
+            format!("{head}{text}").as_bytes(),
+        ) {
+            log::debug!("GPU {bus}: information not kept: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 pub mod cache;
 pub mod catalog;
 pub mod compat;
-pub mod extras;
+pub mod driver_files;
 pub mod facts;
 pub mod gpus;
 pub mod libraries;
 pub mod mig;
+pub mod nvml;
+pub mod private_file;
 pub mod request;
 pub mod require;
 pub mod select;
@@ -30,6 +32,9 @@ use request::{Capabilities, Request};
 const NODE_HINT: &str = "the driver creates it on first use: run `nvidia-smi` (or `nvidia-modprobe -u -c=0`) on the host, or check dev-root in the config";
 
 /// What the host offers for one request.
+/// Fields in the order of the functions that fill them (driver facts, GPU selection, device
+/// nodes, driver files, live files); kept flat, not nested per kind, so that plan, facts, list
+/// and cdi read them by the same paths as before the split of `discover`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
     pub driver_version: String,
@@ -47,7 +52,7 @@ pub struct Inventory {
     pub libcuda: Option<PathBuf>,
     /// What NVML answered during selection, if it was asked (reused by requirement checks).
     #[serde(skip)]
-    pub nvml_answers: Option<mig::NvmlAnswers>,
+    pub nvml_answers: Option<nvml::NvmlAnswers>,
     pub control_nodes: Vec<HostNode>,
     pub gpu_nodes: Vec<HostNode>,
     pub libraries: Vec<Library>,
@@ -56,7 +61,7 @@ pub struct Inventory {
     pub binaries: Vec<Binary>,
     pub firmware: Vec<PathBuf>,
     /// Graphics/display configuration files, X server modules, IPC sockets and directories.
-    pub files: Vec<extras::DriverFile>,
+    pub files: Vec<driver_files::DriverFile>,
     /// The selected GPUs' DRM nodes and their /dev/dri/by-path links.
     pub dri_nodes: Vec<HostNode>,
     pub dri_links: Vec<(String, String)>,
@@ -76,29 +81,12 @@ const REQUIRED_LIBS: &[(&str, request::Capability)] = &[
 impl Inventory {
     /// Discover what `request` needs from the host. Sub-phases are marked on `t`.
     pub fn discover(config: &Config, req: &Request, t: &mut Timer) -> Result<Inventory, Error> {
-        let driver_version = gpus::driver_version(&config.proc_root)?;
-        let all_gpus = gpus::discover(&config.proc_root)?;
-        let proc_files = gpus::driver_files(&config.proc_root);
-        let caps = &req.capabilities;
-        let slot = cache::Slot::new(
-            &config.cache_dir,
-            cache_key(config, req, &driver_version),
-            &config.driver_root,
-        );
-        let cached = slot.as_ref().and_then(cache::Slot::load);
-        if cached.is_some() {
-            t.mark("inv_cache");
-        }
-        let (found, root) = match cached {
-            Some(found) => (found, None),
-            None => {
-                let (found, root) = driver_files(config, req, &driver_version, t)?;
-                if let Some(slot) = &slot {
-                    slot.store(&found, &witnesses(&root, &found, caps, &config.binary_dirs));
-                }
-                (found, Some(root))
-            }
-        };
+        let HostDriver {
+            driver_version,
+            all_gpus,
+            proc_files,
+        } = HostDriver::read(config)?;
+        let (found, root) = cached_driver_files(config, req, &driver_version, t)?;
         let cache::DriverFiles {
             nvml_lib,
             libcuda,
@@ -108,17 +96,119 @@ impl Inventory {
             firmware,
             files: found_files,
         } = found;
-        let unflag = |v: Vec<(Library, i32)>| -> Vec<Library> {
-            v.into_iter()
-                .map(|(mut l, f)| {
-                    l.cache_flags = f;
-                    l
-                })
-                .collect()
-        };
         let (libraries, libraries32) = (unflag(libraries), unflag(libraries32));
-        let mut nvml = mig::Nvml::new(nvml_lib.clone(), &all_gpus);
-        let selection = select::select(&req.devices, &all_gpus, &config.proc_root, &mut nvml)?;
+        let gpus = GpuSelection::select(config, req, &all_gpus, &nvml_lib)?;
+        t.mark("inv_gpus");
+        let (control_nodes, gpu_nodes) = device_nodes(config, &req.capabilities, &gpus.selected)?;
+        t.mark("inv_nodes");
+        let mut files = found_files;
+        let live = LiveFiles::look_up(config, req, root.as_ref(), &gpus.selected, &mut files)?;
+        t.mark("inv_live");
+        Ok(Inventory {
+            driver_version,
+            gpus: all_gpus,
+            selected: gpus.selected,
+            migs: gpus.migs,
+            mig_caps: gpus.mig_caps,
+            caps_dir: gpus.caps_dir,
+            nvml_lib,
+            libcuda,
+            nvml_answers: gpus.nvml_answers,
+            control_nodes,
+            gpu_nodes,
+            libraries,
+            libraries32,
+            binaries,
+            firmware,
+            files,
+            dri_nodes: live.dri_nodes,
+            dri_links: live.dri_links,
+            imex_nodes: live.imex_nodes,
+            proc_files,
+        })
+    }
+}
+
+/// The driver facts from the kernel: its version, the GPUs, and `/proc/driver/nvidia`'s files.
+struct HostDriver {
+    driver_version: String,
+    all_gpus: Vec<Gpu>,
+    proc_files: gpus::DriverFiles,
+}
+
+impl HostDriver {
+    fn read(config: &Config) -> Result<HostDriver, Error> {
+        let driver_version = gpus::driver_version(&config.proc_root)?;
+        let memo = gpus::GpuInfo::new(&config.cache_dir, &config.sys_root);
+        let all_gpus = gpus::discover(&config.proc_root, memo.as_ref())?;
+        let proc_files = gpus::driver_files(&config.proc_root);
+        Ok(HostDriver {
+            driver_version,
+            all_gpus,
+            proc_files,
+        })
+    }
+}
+
+/// The driver's files for `req`: from the inventory cache when an entry matches (marking
+/// `inv_cache`), else found under the driver root (see [`driver_files`]) and stored. The driver
+/// root comes back only when it was opened.
+fn cached_driver_files(
+    config: &Config,
+    req: &Request,
+    driver_version: &str,
+    t: &mut Timer,
+) -> Result<(cache::DriverFiles, Option<DriverRoot>), Error> {
+    let slot = cache::Slot::new(
+        &config.cache_dir,
+        cache_key(config, req, driver_version),
+        &config.driver_root,
+    );
+    let cached = slot.as_ref().and_then(cache::Slot::load);
+    if cached.is_some() {
+        t.mark("inv_cache");
+    }
+    Ok(match cached {
+        Some(found) => (found, None),
+        None => {
+            let (found, root) = driver_files(config, req, driver_version, t)?;
+            if let Some(slot) = &slot {
+                let caps = &req.capabilities;
+                slot.store(&found, &witnesses(&root, &found, caps, &config.binary_dirs));
+            }
+            (found, Some(root))
+        }
+    })
+}
+
+/// Libraries as the cache keeps them (with their ld.so.cache flags beside) back to [`Library`].
+fn unflag(v: Vec<(Library, i32)>) -> Vec<Library> {
+    v.into_iter()
+        .map(|(mut l, f)| {
+            l.cache_flags = f;
+            l
+        })
+        .collect()
+}
+
+/// The GPUs and MIG devices the request selects, and the MIG capabilities they need.
+struct GpuSelection {
+    selected: Vec<Gpu>,
+    migs: Vec<mig::MigDevice>,
+    mig_caps: Vec<mig::Cap>,
+    caps_dir: Option<PathBuf>,
+    nvml_answers: Option<nvml::NvmlAnswers>,
+}
+
+impl GpuSelection {
+    fn select(
+        config: &Config,
+        req: &Request,
+        all_gpus: &[Gpu],
+        nvml_lib: &Option<PathBuf>,
+    ) -> Result<GpuSelection, Error> {
+        let mut nvml = nvml::Nvml::new(nvml_lib.clone(), all_gpus);
+        let selection = select::select(&req.devices, all_gpus, &config.proc_root, &mut nvml)?;
         let nvml_answers = nvml.take_answers();
         let selected = selection.gpus;
         let migs = selection.migs;
@@ -148,49 +238,84 @@ impl Inventory {
                 mig_caps.push(mig::cap(&config.proc_root, &config.dev_root, rel)?);
             }
         }
-        t.mark("inv_gpus");
+        Ok(GpuSelection {
+            selected,
+            migs,
+            mig_caps,
+            caps_dir,
+            nvml_answers,
+        })
+    }
+}
 
-        let node = |name: &str, required: bool| -> Result<Option<HostNode>, Error> {
-            match stat_node(&config.dev_root, name) {
-                Ok(Some(n)) => Ok(Some(n)),
-                Ok(None) if !required => {
-                    log::warn!(
-                        "device node {} not found; skipped",
-                        config.dev_root.join("dev").join(name).display()
-                    );
-                    Ok(None)
-                }
-                Ok(None) => Err(Error::DeviceNode {
-                    path: config.dev_root.join("dev").join(name),
-                    reason: "not found".into(),
-                    hint: NODE_HINT,
-                }),
-                Err(e) => Err(Error::DeviceNode {
-                    path: config.dev_root.join("dev").join(name),
-                    reason: e.to_string(),
-                    hint: NODE_HINT,
-                }),
-            }
-        };
-        let mut control_nodes = Vec::new();
-        control_nodes.extend(node("nvidiactl", true)?);
-        if catalog::wants_uvm(caps) {
-            control_nodes.extend(node("nvidia-uvm", false)?);
-            control_nodes.extend(node("nvidia-uvm-tools", false)?);
+/// The device node `/dev/<name>` under the dev root: an error when missing and `required`, else
+/// skipped with a warning.
+fn device_node(config: &Config, name: &str, required: bool) -> Result<Option<HostNode>, Error> {
+    match stat_node(&config.dev_root, name) {
+        Ok(Some(n)) => Ok(Some(n)),
+        Ok(None) if !required => {
+            log::warn!(
+                "device node {} not found; skipped",
+                config.dev_root.join("dev").join(name).display()
+            );
+            Ok(None)
         }
-        if catalog::wants_modeset(caps) {
-            control_nodes.extend(node("nvidia-modeset", false)?);
-        }
-        let mut gpu_nodes = Vec::new();
-        for g in &selected {
-            gpu_nodes.extend(node(&format!("nvidia{}", g.minor), true)?);
-        }
+        Ok(None) => Err(Error::DeviceNode {
+            path: config.dev_root.join("dev").join(name),
+            reason: "not found".into(),
+            hint: NODE_HINT,
+        }),
+        Err(e) => Err(Error::DeviceNode {
+            path: config.dev_root.join("dev").join(name),
+            reason: e.to_string(),
+            hint: NODE_HINT,
+        }),
+    }
+}
 
-        t.mark("inv_nodes");
-        let mut files = found_files;
+/// The control nodes the capabilities need, and the selected GPUs' nodes.
+fn device_nodes(
+    config: &Config,
+    caps: &Capabilities,
+    selected: &[Gpu],
+) -> Result<(Vec<HostNode>, Vec<HostNode>), Error> {
+    let node = |name: &str, required: bool| device_node(config, name, required);
+    let mut control_nodes = Vec::new();
+    control_nodes.extend(node("nvidiactl", true)?);
+    if catalog::wants_uvm(caps) {
+        control_nodes.extend(node("nvidia-uvm", false)?);
+        control_nodes.extend(node("nvidia-uvm-tools", false)?);
+    }
+    if catalog::wants_modeset(caps) {
+        control_nodes.extend(node("nvidia-modeset", false)?);
+    }
+    let mut gpu_nodes = Vec::new();
+    for g in selected {
+        gpu_nodes.extend(node(&format!("nvidia{}", g.minor), true)?);
+    }
+    Ok((control_nodes, gpu_nodes))
+}
+
+/// What is looked up at every start, never cached: DRM nodes, IMEX channels (and the IPC
+/// sockets, added to the driver files).
+struct LiveFiles {
+    dri_nodes: Vec<HostNode>,
+    dri_links: Vec<(String, String)>,
+    imex_nodes: Vec<HostNode>,
+}
+
+impl LiveFiles {
+    fn look_up(
+        config: &Config,
+        req: &Request,
+        root: Option<&DriverRoot>,
+        selected: &[Gpu],
+        files: &mut Vec<driver_files::DriverFile>,
+    ) -> Result<LiveFiles, Error> {
+        let caps = &req.capabilities;
         // IPC sockets come and go with their daemons: looked up at every start
         let opened;
-        let root_fs = match &root {
+        let root_fs = match root {
             Some(r) => r.rootfs(),
             None => {
                 opened = crate::rootfs::Rootfs::open(&config.driver_root).map_err(|e| {
@@ -202,39 +327,21 @@ impl Inventory {
                 &opened
             }
         };
-        files.extend(extras::ipc(
+        files.extend(driver_files::ipc(
             root_fs,
             caps.has(request::Capability::Utility),
             catalog::wants_uvm(caps),
         ));
         let (dri_nodes, dri_links) = if catalog::wants_graphics(caps) {
-            extras::dri_nodes(&config.sys_root, &config.dev_root, &selected)?
+            driver_files::dri_nodes(&config.sys_root, &config.dev_root, selected)?
         } else {
             (Vec::new(), Vec::new())
         };
-        let imex_nodes = extras::imex_channels(&config.dev_root, &req.imex_channels)?;
-        t.mark("inv_live");
-        Ok(Inventory {
-            driver_version,
-            gpus: all_gpus,
-            selected,
-            migs,
-            mig_caps,
-            caps_dir,
-            nvml_lib,
-            libcuda,
-            nvml_answers,
-            control_nodes,
-            gpu_nodes,
-            libraries,
-            libraries32,
-            binaries,
-            firmware,
-            files,
+        let imex_nodes = driver_files::imex_channels(&config.dev_root, &req.imex_channels)?;
+        Ok(LiveFiles {
             dri_nodes,
             dri_links,
             imex_nodes,
-            proc_files,
         })
     }
 }
@@ -262,19 +369,67 @@ fn driver_files(
 ) -> Result<(cache::DriverFiles, DriverRoot), Error> {
     let caps = &req.capabilities;
     let names = catalog::library_names(caps);
-    let mut prefixes = names.clone();
-    prefixes.push("libnvidia-ml.so");
-    prefixes.push("libcuda.so");
-    if catalog::wants_graphics(caps) {
-        prefixes.extend_from_slice(catalog::GRAPHICS_UNVERSIONED_LIBS);
-    }
-    let mut root = DriverRoot::open(&config.driver_root, driver_version, &prefixes)?;
+    let mut root = open_driver_root(config, caps, driver_version, &names)?;
     let flags = crate::ldcache::native_flags();
     let nvml_lib = root
         .find_library("libnvidia-ml.so", flags)
         .map(|l| l.host_path);
     let libcuda = root.find_library("libcuda.so", flags).map(|l| l.host_path);
     t.mark("inv_ldcache");
+    let libraries = find_libraries(config, caps, driver_version, &mut root, &names, flags)?;
+    let libraries32 = find_libraries32(caps, &mut root, &names);
+    t.mark("inv_libs");
+    let lib_dirs = lib_dirs_of(&libraries);
+    let binaries = find_binaries(config, caps, &root, &lib_dirs);
+    t.mark("inv_bins");
+    let firmware = root.find_firmware();
+    let files = find_graphics_files(caps, &root, &lib_dirs, driver_version);
+    t.mark("inv_firmware");
+    let flagged = |v: Vec<Library>| {
+        v.into_iter().map(|l| {
+            let f = l.cache_flags;
+            (l, f)
+        })
+    };
+    let found = cache::DriverFiles {
+        nvml_lib,
+        libcuda,
+        libraries: flagged(libraries).collect(),
+        libraries32: flagged(libraries32).collect(),
+        binaries,
+        firmware,
+        files,
+    };
+    Ok((found, root))
+}
+
+/// The driver root, its linker cache read for the libraries `names` (and NVML, libcuda and,
+/// for graphics, the unversioned libraries).
+fn open_driver_root(
+    config: &Config,
+    caps: &Capabilities,
+    driver_version: &str,
+    names: &[&str],
+) -> Result<DriverRoot, Error> {
+    let mut prefixes = names.to_vec();
+    prefixes.push("libnvidia-ml.so");
+    prefixes.push("libcuda.so");
+    if catalog::wants_graphics(caps) {
+        prefixes.extend_from_slice(catalog::GRAPHICS_UNVERSIONED_LIBS);
+    }
+    DriverRoot::open(&config.driver_root, driver_version, &prefixes)
+}
+
+/// The native driver libraries `names` (each file once), then for graphics the unversioned
+/// ones; a missing library its capability requires (see [`REQUIRED_LIBS`]) is an error.
+fn find_libraries(
+    config: &Config,
+    caps: &Capabilities,
+    driver_version: &str,
+    root: &mut DriverRoot,
+    names: &[&'static str],
+    flags: i32,
+) -> Result<Vec<Library>, Error> {
     let mut libraries: Vec<Library> = Vec::new();
     for name in names.iter().copied() {
         match root.find_library(name, flags) {
@@ -305,9 +460,18 @@ fn driver_files(
             }
         }
     }
+    Ok(libraries)
+}
+
+/// The 32-bit copies of the libraries `names` (compat32, x86_64 only), each file once.
+fn find_libraries32(
+    caps: &Capabilities,
+    root: &mut DriverRoot,
+    names: &[&'static str],
+) -> Vec<Library> {
     let mut libraries32 = Vec::new();
     if caps.has(request::Capability::Compat32) && std::env::consts::ARCH == "x86_64" {
-        for name in &names {
+        for name in names {
             if let Some(lib) = root.find_library(name, crate::ldcache::FLAG_ELF_LIBC6)
                 && !libraries32
                     .iter()
@@ -317,50 +481,51 @@ fn driver_files(
             }
         }
     }
-    t.mark("inv_libs");
-    let lib_dirs = lib_dirs_of(&libraries);
+    libraries32
+}
+
+/// The driver binaries the capabilities need (in the configured directories, the standard ones
+/// and `bin` beside the library directories).
+fn find_binaries(
+    config: &Config,
+    caps: &Capabilities,
+    root: &DriverRoot,
+    lib_dirs: &[PathBuf],
+) -> Vec<Binary> {
     let bin_names = catalog::binary_names(caps);
-    let binaries = root.find_binaries(&bin_names, &config.binary_dirs, &lib_dirs);
+    let binaries = root.find_binaries(&bin_names, &config.binary_dirs, lib_dirs);
     for n in bin_names
         .iter()
         .filter(|n| !binaries.iter().any(|b| b.name == **n))
     {
         log::debug!("driver binary {n} not found; skipped");
     }
-    t.mark("inv_bins");
-    let firmware = root.find_firmware();
+    binaries
+}
+
+/// The graphics configuration files (graphics) and X server modules (display).
+fn find_graphics_files(
+    caps: &Capabilities,
+    root: &DriverRoot,
+    lib_dirs: &[PathBuf],
+    driver_version: &str,
+) -> Vec<driver_files::DriverFile> {
     let mut files = Vec::new();
     if catalog::wants_graphics(caps) {
-        files.extend(extras::config_files(
+        files.extend(driver_files::config_files(
             root.rootfs(),
             catalog::wants_modeset(caps),
         ));
     }
     if catalog::wants_modeset(caps) {
-        files.extend(extras::xorg_modules(
+        files.extend(driver_files::xorg_modules(
             root.rootfs(),
             root.path(),
-            &lib_dirs,
+            lib_dirs,
             driver_version,
         ));
     }
-    t.mark("inv_firmware");
-    let flagged = |v: Vec<Library>| {
-        v.into_iter().map(|l| {
-            let f = l.cache_flags;
-            (l, f)
-        })
-    };
-    let found = cache::DriverFiles {
-        nvml_lib,
-        libcuda,
-        libraries: flagged(libraries).collect(),
-        libraries32: flagged(libraries32).collect(),
-        binaries,
-        firmware,
-        files,
-    };
-    Ok((found, root))
+    files
 }
 
 fn lib_dirs_of(libraries: &[Library]) -> Vec<PathBuf> {
@@ -391,7 +556,7 @@ fn witnesses(
     );
     if catalog::wants_graphics(caps) || catalog::wants_modeset(caps) {
         w.extend(
-            extras::candidate_dirs(catalog::wants_modeset(caps), root.path(), &lib_dirs)
+            driver_files::candidate_dirs(catalog::wants_modeset(caps), root.path(), &lib_dirs)
                 .iter()
                 .map(|d| under(d)),
         );

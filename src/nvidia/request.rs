@@ -4,17 +4,18 @@
 //! `capabilities.go`, `cmd/nvidia-container-runtime-hook/container_config.go`, v1.17-1.20) and
 //! libnvidia-container's device selection (`src/cli/common.c`). Each rule is a test below.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt;
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::state::env_map;
+use crate::text::{clip, quote};
 
 pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 pub const DRIVER_CAPABILITIES: &str = "NVIDIA_DRIVER_CAPABILITIES";
 pub const REQUIRE_CUDA: &str = "NVIDIA_REQUIRE_CUDA";
-pub const CUDA_VERSION: &str = "CUDA_VERSION";
+pub use crate::state::spec::CUDA_VERSION;
 pub const IMEX_CHANNELS: &str = "NVIDIA_IMEX_CHANNELS";
 pub const MIG_CONFIG: &str = "NVIDIA_MIG_CONFIG_DEVICES";
 pub const MIG_MONITOR: &str = "NVIDIA_MIG_MONITOR_DEVICES";
@@ -31,85 +32,7 @@ pub enum Devices {
     List(Vec<String>),
 }
 
-/// A driver capability (`NVIDIA_DRIVER_CAPABILITIES` word).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Capability {
-    Compat32,
-    Compute,
-    Display,
-    Graphics,
-    Ngx,
-    Utility,
-    Video,
-}
-
-impl Capability {
-    pub const ALL: [Capability; 7] = [
-        Capability::Compat32,
-        Capability::Compute,
-        Capability::Display,
-        Capability::Graphics,
-        Capability::Ngx,
-        Capability::Utility,
-        Capability::Video,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::Compat32 => "compat32",
-            Capability::Compute => "compute",
-            Capability::Display => "display",
-            Capability::Graphics => "graphics",
-            Capability::Ngx => "ngx",
-            Capability::Utility => "utility",
-            Capability::Video => "video",
-        }
-    }
-
-    /// Case-sensitive, as the toolkit matches them.
-    pub fn from_name(s: &str) -> Option<Capability> {
-        Capability::ALL.into_iter().find(|c| c.name() == s)
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A set of capabilities, printed sorted and comma-joined like the toolkit prints them.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-#[serde(transparent)]
-pub struct Capabilities(pub BTreeSet<Capability>);
-
-impl Capabilities {
-    pub fn all() -> Self {
-        Capabilities(Capability::ALL.into_iter().collect())
-    }
-    /// The toolkit's default: `compute,utility`.
-    pub fn default_set() -> Self {
-        Capabilities(
-            [Capability::Compute, Capability::Utility]
-                .into_iter()
-                .collect(),
-        )
-    }
-    pub fn has(&self, c: Capability) -> bool {
-        self.0.contains(&c)
-    }
-    pub fn intersect(&self, other: &Capabilities) -> Capabilities {
-        Capabilities(self.0.intersection(&other.0).copied().collect())
-    }
-}
-
-impl fmt::Display for Capabilities {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<_> = self.0.iter().map(|c| c.name()).collect();
-        f.write_str(&names.join(","))
-    }
-}
+pub use crate::capability::{Capabilities, Capability};
 
 /// The container's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -185,48 +108,6 @@ pub fn volume_mount_requests(mounts: &[(String, String)]) -> (Vec<String>, Vec<S
         }
     }
     (devices, imex)
-}
-
-/// The environment as the container's process gets it, which is the one rule nvhook applies to
-/// every variable it reads (`NVIDIA_*`, `CUDA_VERSION`, `NVHOOK_DEVICES_*`): `process.env` entries
-/// apply in order and a later entry of a name replaces the earlier one. runc (1.0 to 1.2) and
-/// crun pass execve one entry per name, the last (measured with runc 1.1.5 and crun 1.8.1, and
-/// in runc's `prepareEnv`), so the process's `getenv` finds that last value; NVIDIA's hook reads
-/// the last too (a map built in order). crun, which runs the process where runc refuses the
-/// spec, also reads an entry as a C string (up to a NUL) and an entry without `=` as "remove this
-/// name" (its putenv): nvhook does the same, so it never acts on a value the process cannot see.
-pub fn env_map(env: &[String]) -> HashMap<&str, &str> {
-    let mut map = HashMap::new();
-    for e in env {
-        let e = e.split('\0').next().unwrap_or_default();
-        match e.split_once('=') {
-            Some((k, v)) => {
-                map.insert(k, v);
-            }
-            None => {
-                map.remove(e);
-            }
-        }
-    }
-    map
-}
-
-/// The longest piece of a value an error message quotes.
-const QUOTE_MAX: usize = 100;
-
-/// `s` cut for an error message: its first characters and its size when it is long (a variable
-/// of megabytes must not become a log line of megabytes).
-pub fn clip(s: &str) -> String {
-    if s.len() <= QUOTE_MAX {
-        return s.to_owned();
-    }
-    let head: String = s.chars().take(QUOTE_MAX).collect();
-    format!("{head}... ({} bytes)", s.len())
-}
-
-/// [`clip`], quoted as `{:?}` quotes.
-pub fn quote(s: &str) -> String {
-    format!("{:?}", clip(s))
 }
 
 /// Split a device list: commas, each token trimmed, empty tokens dropped.
@@ -463,6 +344,7 @@ mod tests {
     /// NVIDIA_VISIBLE_DEVICES, each row citing the toolkit behaviour it mirrors
     /// (cuda_image.go devicesFromEnvvars + devices.go NewVisibleDevices).
     #[test]
+    // Long by design: one table of NVIDIA_VISIBLE_DEVICES cases, one row each.
     fn visible_devices_table() {
         let rows: &[(&[&str], Option<Devices>, &str)] = &[
             (&[], None, "unset: same behaviour as runc"),

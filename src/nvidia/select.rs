@@ -118,7 +118,7 @@ pub fn select(
     };
     let unknown = |t: &str| Error::UnknownDevice {
         var: VISIBLE_DEVICES.into(),
-        id: super::request::clip(t),
+        id: crate::text::clip(t),
         available: describe_gpus(gpus),
     };
     let mut out = Selection::default();
@@ -197,6 +197,7 @@ mod tests {
 
     /// Device selection, each row citing nvidia-container-cli (src/cli/common.c select_devices).
     #[test]
+    // Long by design: one table of GPU/MIG selection cases, one row each.
     fn selection_table() {
         let gpus = [
             gpu(0, "GPU-aaaa-1111", "0000:3b:00.0", 1),

@@ -3,6 +3,7 @@
 //! Both are read as tolerantly as the runtimes read them: only the fields nvhook uses, any
 //! other field of any type ignored (docs/compat.md, "What nvhook reads of config.json").
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -177,10 +178,11 @@ impl BundleConfig {
         };
         let file = std::fs::File::open(&path).map_err(read_err)?;
         // refused by its size without reading it; the bounded read covers files that grow
-        if file.metadata().map_err(read_err)?.len() > MAX_CONFIG_SIZE {
+        let size = file.metadata().map_err(read_err)?.len();
+        if size > MAX_CONFIG_SIZE {
             return Err(too_big(path));
         }
-        let mut text = Vec::new();
+        let mut text = Vec::with_capacity(size as usize + 1);
         file.take(MAX_CONFIG_SIZE + 1)
             .read_to_end(&mut text)
             .map_err(read_err)?;
@@ -270,3 +272,27 @@ impl BundleConfig {
 
 #[cfg(test)]
 mod tests;
+
+/// The environment as the container's process gets it, which is the one rule nvhook applies to
+/// every variable it reads (`NVIDIA_*`, `CUDA_VERSION`, `NVHOOK_DEVICES_*`): `process.env` entries
+/// apply in order and a later entry of a name replaces the earlier one. runc (1.0 to 1.2) and
+/// crun pass execve one entry per name, the last (measured with runc 1.1.5 and crun 1.8.1, and
+/// in runc's `prepareEnv`), so the process's `getenv` finds that last value; NVIDIA's hook reads
+/// the last too (a map built in order). crun, which runs the process where runc refuses the
+/// spec, also reads an entry as a C string (up to a NUL) and an entry without `=` as "remove this
+/// name" (its putenv): nvhook does the same, so it never acts on a value the process cannot see.
+pub fn env_map(env: &[String]) -> HashMap<&str, &str> {
+    let mut map = HashMap::new();
+    for e in env {
+        let e = e.split('\0').next().unwrap_or_default();
+        match e.split_once('=') {
+            Some((k, v)) => {
+                map.insert(k, v);
+            }
+            None => {
+                map.remove(e);
+            }
+        }
+    }
+    map
+}

@@ -29,11 +29,14 @@ pub const MAX_MOUNTS: usize = 100_000;
 /// At most this many id mappings or additional groups (the kernel takes 340 mappings).
 pub const MAX_IDS: usize = 65_536;
 
+/// The prefix of every device-class variable (`NVHOOK_DEVICES_<CLASS>`, src/class/).
+pub const CLASS_ENV_PREFIX: &str = "NVHOOK_DEVICES_";
+/// The variable CUDA images set to their CUDA version (read by `NVIDIA_REQUIRE_CUDA` checks).
+pub const CUDA_VERSION: &str = "CUDA_VERSION";
+
 /// The `process.env` entries nvhook reads: every other variable is dropped while reading.
 pub fn env_entry_is_read(e: &str) -> bool {
-    e.starts_with("NVIDIA_")
-        || e.starts_with(crate::class::file::ENV_PREFIX)
-        || e.starts_with(crate::nvidia::request::CUDA_VERSION)
+    e.starts_with("NVIDIA_") || e.starts_with(CLASS_ENV_PREFIX) || e.starts_with(CUDA_VERSION)
 }
 
 /// One mount of the spec.

@@ -94,7 +94,7 @@ pub fn collect(
         let v = env.get("CUDA_VERSION").copied().unwrap_or_default();
         let mm = cuda_major_minor(v).ok_or_else(|| Error::BadRequest {
             var: "CUDA_VERSION".into(),
-            reason: format!("{} is not a version like 12.4.1", super::request::quote(v)),
+            reason: format!("{} is not a version like 12.4.1", crate::text::quote(v)),
         })?;
         reqs.push(Requirement {
             var: "CUDA_VERSION".into(),
@@ -140,7 +140,7 @@ struct Factor<'a> {
 
 fn parse_factor<'a>(var: &str, f: &'a str) -> Result<Factor<'a>, Error> {
     let bad = |why: &str| Error::BadRequest {
-        var: super::request::clip(var),
+        var: crate::text::clip(var),
         reason: format!(
             "invalid expression {:?}: {why}",
             f.chars().take(80).collect::<String>()
@@ -290,7 +290,7 @@ pub fn check(reqs: &[Requirement], gpus: &[u32], facts: &mut dyn Facts) -> Resul
                     ""
                 };
                 return Err(Error::Requirement {
-                    var: super::request::clip(&r.var),
+                    var: crate::text::clip(&r.var),
                     condition: format!("{}{hint}", first.chars().take(200).collect::<String>()),
                     host: if seen.is_empty() {
                         "unknown".into()
@@ -305,5 +305,4 @@ pub fn check(reqs: &[Requirement], gpus: &[u32], facts: &mut dyn Facts) -> Resul
 }
 
 #[cfg(test)]
-#[path = "require_tests.rs"]
 mod tests;

@@ -36,6 +36,35 @@ fn last_toml_value(text: &str, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// CRI-O's config as it reads it: crio.conf, then each crio.conf.d file in name order.
+fn crio_conf(root: &Path) -> String {
+    let mut crio = read(root, "etc/crio/crio.conf").unwrap_or_default();
+    if let Ok(d) = std::fs::read_dir(root.join("etc/crio/crio.conf.d")) {
+        let mut files: Vec<_> = d.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            if let Some(t) = f.to_str().and_then(|p| read(Path::new("/"), p)) {
+                crio.push_str(&t);
+            }
+        }
+    }
+    crio
+}
+
+/// Docker's cgroup driver from daemon.json's exec-opts (the last native.cgroupdriver=), if set.
+fn docker_cgroup_driver(root: &Path) -> Option<String> {
+    read(root, "etc/docker/daemon.json")
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v["exec-opts"].as_array().and_then(|a| {
+                a.iter()
+                    .rev()
+                    .find_map(|o| o.as_str()?.strip_prefix("native.cgroupdriver="))
+                    .map(str::to_owned)
+            })
+        })
+}
+
 /// The engines of the host under `root` that use the systemd cgroup manager. `systemd_pid1`:
 /// engines whose default follows the init system (podman, CRI-O, Docker on cgroup v2) count
 /// when their file says nothing.
@@ -69,17 +98,7 @@ pub fn managers(root: &Path, systemd_pid1: bool, cgroup_v2: bool) -> Vec<Manager
         _ => {}
     }
     // CRI-O: crio.conf (+ crio.conf.d) [crio.runtime] cgroup_manager; default systemd
-    let mut crio = read(root, "etc/crio/crio.conf").unwrap_or_default();
-    if let Ok(d) = std::fs::read_dir(root.join("etc/crio/crio.conf.d")) {
-        let mut files: Vec<_> = d.flatten().map(|e| e.path()).collect();
-        files.sort();
-        for f in files {
-            if let Some(t) = f.to_str().and_then(|p| read(Path::new("/"), p)) {
-                crio.push_str(&t);
-            }
-        }
-    }
-    match last_toml_value(&crio, "cgroup_manager") {
+    match last_toml_value(&crio_conf(root), "cgroup_manager") {
         Some(v) if v == "systemd" => out.push(Manager {
             engine: "CRI-O",
             why: "/etc/crio/crio.conf: cgroup_manager = \"systemd\"".into(),
@@ -91,17 +110,7 @@ pub fn managers(root: &Path, systemd_pid1: bool, cgroup_v2: bool) -> Vec<Manager
         _ => {}
     }
     // Docker: daemon.json exec-opts native.cgroupdriver; default systemd on cgroup v2 + systemd
-    let docker = read(root, "etc/docker/daemon.json")
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| {
-            v["exec-opts"].as_array().and_then(|a| {
-                a.iter()
-                    .rev()
-                    .find_map(|o| o.as_str()?.strip_prefix("native.cgroupdriver="))
-                    .map(str::to_owned)
-            })
-        });
-    match docker {
+    match docker_cgroup_driver(root) {
         Some(v) if v == "systemd" => out.push(Manager {
             engine: "Docker",
             why: "/etc/docker/daemon.json: exec-opts native.cgroupdriver=systemd".into(),

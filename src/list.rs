@@ -62,8 +62,45 @@ fn request(caps: Capabilities) -> Request {
     }
 }
 
+/// `nvhook list`'s output: the NVIDIA report and the device classes, as pretty JSON (`json`)
+/// or text. A host with device classes but no NVIDIA driver still lists its classes.
+pub fn render(config: &Config, json: bool) -> Result<String, Error> {
+    let classes = crate::class::list(config)?;
+    let (mut value, mut text) = match host_report(config) {
+        Ok(r) => (
+            serde_json::to_value(&r).map_err(|source| Error::Json {
+                what: "the host report",
+                source,
+            })?,
+            self::text(&r),
+        ),
+        Err(e) if !classes.is_empty() => (
+            serde_json::json!({ "nvidia_error": e.to_string() }),
+            format!("NVIDIA: unavailable: {e}\n"),
+        ),
+        Err(e) => return Err(e),
+    };
+    text += &crate::class::text(&classes);
+    if let Some(o) = value.as_object_mut() {
+        let c = serde_json::to_value(&classes).map_err(|source| Error::Json {
+            what: "the device classes",
+            source,
+        })?;
+        o.insert("classes".into(), c);
+    }
+    if json {
+        let s = serde_json::to_string_pretty(&value).map_err(|source| Error::Json {
+            what: "the list",
+            source,
+        })?;
+        Ok(s + "\n")
+    } else {
+        Ok(text)
+    }
+}
+
 /// Inventory the host for every capability.
-pub fn list(config: &Config) -> Result<HostReport, Error> {
+pub fn host_report(config: &Config) -> Result<HostReport, Error> {
     let driver_version = gpus::driver_version(&config.proc_root)?;
     let all = Inventory::discover(config, &request(Capabilities::all()), &mut Timer::new());
     let mut capabilities = BTreeMap::new();
