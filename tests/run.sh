@@ -65,7 +65,14 @@ trap - EXIT
 tests/systemd/host.sh stop
 echo "tests/run.sh: systemd host step took $(( $(date +%s) - t ))s"
 echo "== fuzzing, bounded (tests/fuzz.rs; prints execs and time per parser; docs/fuzzing.md)"
-cargo test --locked --features fuzzing --test fuzz -- --test-threads=2 --nocapture
+# The seed is chosen here and printed first, so that a run that hangs can be replayed; the
+# bounded run takes under a minute, so ten minutes means a hang (once, a quadratic oracle), and
+# the step fails instead of eating CI's whole limit.
+export NVHOOK_FUZZ_SEED="${NVHOOK_FUZZ_SEED:-$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}"
+echo "fuzz seed $NVHOOK_FUZZ_SEED (replay: NVHOOK_FUZZ_SEED=$NVHOOK_FUZZ_SEED cargo test --features fuzzing --test fuzz)"
+cargo test --locked --features fuzzing --test fuzz --no-run
+timeout --kill-after=10 600 cargo test --locked --features fuzzing --test fuzz -- --test-threads=2 --nocapture || {
+    rc=$?; [ "$rc" = 124 ] && echo "tests/run.sh: fuzzing ran past 10 minutes (seed $NVHOOK_FUZZ_SEED)" >&2; exit "$rc"; }
 echo "== benchmark smoke test (bench/run.sh, small N: it must run and report, no timing is judged)"
 out=$(NVHOOK_BIN="$PWD/target/debug/nvhook" FIXTURES=/tmp/nvhook-bench-smoke bash bench/run.sh --n 3 --warmup 1 --breakdown-n 2 \
     --burst 2,3 --burst-reps 1 --hook-cpu 2 2>&1) || { echo "$out"; exit 1; }
