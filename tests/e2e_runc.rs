@@ -285,8 +285,8 @@ fn runs_where_the_cgroup_manager_puts_it() {
     check_runs_where_the_cgroup_manager_puts_it("runc");
 }
 
-/// Every bind mount carries its attributes (set once per source directory on a detached copy,
-/// src/apply/mod.rs `SourceTrees`): libraries and tools read-only, nosuid, nodev; device nodes
+/// Every bind mount carries its attributes (set on each clone before it is attached,
+/// src/apply/mod.rs `clone_source`): libraries and tools read-only, nosuid, nodev; device nodes
 /// read-only, nosuid, noexec.
 #[test]
 fn bind_mounts_are_read_only_and_nosuid() {

@@ -42,62 +42,22 @@ fn attr_bits(f: MountFlags) -> u64 {
     a
 }
 
-/// Detached copies of the host directories that sources are bound from, one per directory and
-/// set of mount attributes, the attributes set once on each (`mount_setattr` of the whole copy):
-/// a file cloned from such a copy keeps them, so a start with ~30 bind mounts from three or four
-/// directories makes one `mount_setattr` per directory instead of one per mount. The copy is
-/// recursive, so a file that is itself a mount point on the host is found as the host shows it.
-/// Kernels before 6.15 cannot clone from a detached tree: there (EINVAL on the first try) every
-/// mount is cloned from its host path and its attributes set on it, as before.
-#[derive(Default)]
-pub struct SourceTrees {
-    trees: std::collections::HashMap<(std::path::PathBuf, u64), std::os::fd::OwnedFd>,
-    unsupported: bool,
-}
-
-impl SourceTrees {
-    /// A detached mount of the host file or directory `source`, with mount attributes `attrs`.
-    fn clone_of(
-        &mut self,
-        source: &std::path::Path,
-        attrs: u64,
-    ) -> std::io::Result<std::os::fd::OwnedFd> {
-        let einval = || std::io::Error::from_raw_os_error(nix::libc::EINVAL);
-        let direct = |src: &std::path::Path| -> std::io::Result<std::os::fd::OwnedFd> {
-            let tree = sys::open_tree_clone(src.to_str().ok_or_else(einval)?)?;
-            sys::mount_setattr(tree.as_fd(), attrs)?;
-            Ok(tree)
-        };
-        let (Some(dir), Some(name)) =
-            (source.parent(), source.file_name().and_then(|n| n.to_str()))
-        else {
-            return direct(source);
-        };
-        // not the root directory: a copy of every mount of the host for one file
-        if self.unsupported || dir.parent().is_none() {
-            return direct(source);
-        }
-        let key = (dir.to_owned(), attrs);
-        if !self.trees.contains_key(&key) {
-            let d = dir.to_str().ok_or_else(einval)?;
-            let tree = sys::open_tree_clone_at(nix::fcntl::AT_FDCWD, d, true)?;
-            sys::mount_setattr_recursive(tree.as_fd(), attrs)?;
-            self.trees.insert(key.clone(), tree);
-        }
-        let tree = &self.trees[&key];
-        match sys::open_tree_clone_at(tree.as_fd(), name, false) {
-            Ok(fd) => Ok(fd),
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                log::debug!(
-                    "this kernel cannot clone from a detached mount ({e}); one mount_setattr per mount"
-                );
-                self.unsupported = true;
-                self.trees.clear();
-                direct(source)
-            }
-            Err(e) => Err(e),
-        }
-    }
+/// A detached bind mount of the host file or directory `source`, with mount attributes `attrs`
+/// set on it before it is attached anywhere.
+///
+/// Each source is cloned from its host path, and every clone is attached: no detached tree is
+/// left to close. An earlier version cloned each file from one detached, attribute-set copy of
+/// its host directory (one `mount_setattr` per directory instead of one per mount), but closing
+/// such a copy dissolves it, and each dissolution waits for an expedited RCU grace period
+/// (`namespace_unlock` -> `synchronize_rcu_expedited`, one mutex host-wide): in a burst of 16
+/// starts on the dev VM `perf lock` counted 126 such waits, 242 ms in all (docs/benchmarks.md).
+fn clone_source(source: &std::path::Path, attrs: u64) -> std::io::Result<std::os::fd::OwnedFd> {
+    let src = source
+        .to_str()
+        .ok_or_else(|| std::io::Error::from_raw_os_error(nix::libc::EINVAL))?;
+    let tree = sys::open_tree_clone(src)?;
+    sys::mount_setattr(tree.as_fd(), attrs)?;
+    Ok(tree)
 }
 
 /// Bind-mount `source` (a host path, in the current mount namespace) onto the container path
@@ -106,7 +66,6 @@ impl SourceTrees {
 /// is attached to the descriptor, never to a path string.
 fn bind(
     rootfs: &Rootfs,
-    trees: &mut SourceTrees,
     source: &std::path::Path,
     target: &str,
     dir: bool,
@@ -117,7 +76,7 @@ fn bind(
         target: target.to_owned(),
         source: e,
     };
-    let tree = trees.clone_of(source, attr_bits(flags)).map_err(merr)?;
+    let tree = clone_source(source, attr_bits(flags)).map_err(merr)?;
     // A mount attached under a mount with shared propagation is copied to its peers, outside
     // the container: refused before the mount point is created, and again on the descriptor
     // the mount is attached to (a racer may have swapped a component in between).
@@ -134,11 +93,9 @@ fn bind(
 
 /// Create the device nodes, bind mounts and symlinks of `plan` in `rootfs`.
 pub fn mounts(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
-    let mut trees = SourceTrees::default();
     for d in &plan.devices {
         bind(
             rootfs,
-            &mut trees,
             &d.node.host_path,
             &d.path,
             false,
@@ -146,14 +103,7 @@ pub fn mounts(plan: &Plan, rootfs: &Rootfs) -> Result<(), Error> {
         )?;
     }
     for m in &plan.mounts {
-        bind(
-            rootfs,
-            &mut trees,
-            &m.source,
-            &m.target,
-            m.directory,
-            m.flags,
-        )?;
+        bind(rootfs, &m.source, &m.target, m.directory, m.flags)?;
     }
     for f in &plan.files {
         let same = rootfs

@@ -35,17 +35,6 @@ pub fn open_tree_clone(path: &str) -> io::Result<OwnedFd> {
     })
 }
 
-/// `open_tree(dir, name, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC [| AT_RECURSIVE])`: a detached bind
-/// mount of `name` resolved below the directory `dir`, which may itself be a detached tree this
-/// namespace made (Linux 6.15 and later clone from those; older kernels say EINVAL). A clone
-/// keeps the mount attributes (read-only, nosuid, ...) of the mount it is taken from.
-pub fn open_tree_clone_at(dir: BorrowedFd<'_>, name: &str, recursive: bool) -> io::Result<OwnedFd> {
-    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; `dir` is borrowed.
-    owned(unsafe { libc::syscall(libc::SYS_open_tree, dir.as_raw_fd(), c.as_ptr(), flags) })
-}
-
 /// The id of the mount `fd` lies on (`statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID)`, Linux 5.8),
 /// the number that starts its line in `/proc/<pid>/mountinfo`. Works on `O_PATH` descriptors.
 pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
