@@ -49,8 +49,8 @@ fn attr_bits(f: MountFlags) -> u64 {
 /// left to close. An earlier version cloned each file from one detached, attribute-set copy of
 /// its host directory (one `mount_setattr` per directory instead of one per mount), but closing
 /// such a copy dissolves it, and each dissolution waits for an expedited RCU grace period
-/// (`namespace_unlock` -> `synchronize_rcu_expedited`, one mutex host-wide): in a burst of 16
-/// starts on the dev VM `perf lock` counted 126 such waits, 242 ms in all (docs/benchmarks.md).
+/// (`namespace_unlock` -> `synchronize_rcu_expedited`, one mutex host-wide): in six bursts of 16
+/// starts on the dev VM `perf lock` counted 165 such waits, 202 ms in all (docs/benchmarks.md).
 fn clone_source(source: &std::path::Path, attrs: u64) -> std::io::Result<std::os::fd::OwnedFd> {
     let src = source
         .to_str()
@@ -220,12 +220,7 @@ fn tmpfs_dir(t: &crate::plan::TmpfsDir, target: &std::os::fd::OwnedFd) -> std::i
             OFlag::O_PATH | kind | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let src = b
-            .source
-            .to_str()
-            .ok_or_else(|| std::io::Error::from_raw_os_error(nix::libc::EINVAL))?;
-        let tree = sys::open_tree_clone(src)?;
-        sys::mount_setattr(tree.as_fd(), sys::MOUNT_ATTR_RDONLY | inert)?;
+        let tree = clone_source(&b.source, sys::MOUNT_ATTR_RDONLY | inert)?;
         sys::move_mount(tree.as_fd(), point.as_fd())?;
     }
     sys::mount_setattr_recursive(mnt.as_fd(), sys::MOUNT_ATTR_RDONLY | inert)?;
