@@ -51,13 +51,12 @@ fn attr_bits(f: MountFlags) -> u64 {
 /// such a copy dissolves it, and each dissolution waits for an expedited RCU grace period
 /// (`namespace_unlock` -> `synchronize_rcu_expedited`, one mutex host-wide): in six bursts of 16
 /// starts on the dev VM `perf lock` counted 165 such waits, 202 ms in all (docs/benchmarks.md).
+/// Where the kernel has `open_tree_attr` (6.15) the clone and its attributes are one call.
 fn clone_source(source: &std::path::Path, attrs: u64) -> std::io::Result<std::os::fd::OwnedFd> {
     let src = source
         .to_str()
         .ok_or_else(|| std::io::Error::from_raw_os_error(nix::libc::EINVAL))?;
-    let tree = sys::open_tree_clone(src)?;
-    sys::mount_setattr(tree.as_fd(), attrs)?;
-    Ok(tree)
+    sys::open_tree_clone_attr(src, attrs)
 }
 
 /// Bind-mount `source` (a host path, in the current mount namespace) onto the container path

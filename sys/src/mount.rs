@@ -35,6 +35,54 @@ pub fn open_tree_clone(path: &str) -> io::Result<OwnedFd> {
     })
 }
 
+/// `open_tree_attr(2)` (Linux 6.15): the same number on every architecture of the generic
+/// syscall table, x86_64 included.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
+/// Whether `open_tree_attr` has answered ENOSYS (an older kernel) or EPERM (a seccomp filter
+/// that does not know it) in this process: then every later clone takes the two-call way.
+static NO_OPEN_TREE_ATTR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A detached bind mount of `path`, as [`open_tree_clone`] makes, with the mount attributes
+/// `attr_set` (`MOUNT_ATTR_*`) already set on it: one `open_tree_attr` call where the kernel has
+/// it (6.15), else [`open_tree_clone`] followed by [`mount_setattr`]. Either way the attributes
+/// are on the mount before it can be attached anywhere.
+pub fn open_tree_clone_attr(path: &str, attr_set: u64) -> io::Result<OwnedFd> {
+    use std::sync::atomic::Ordering;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if !NO_OPEN_TREE_ATTR.load(Ordering::Relaxed) {
+        let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let attr = MountAttr {
+            attr_set,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: `c` is a valid NUL-terminated string and `attr` a live MountAttr, both owned by
+        // this frame for the whole call; the size passed is attr's own size.
+        let r = owned(unsafe {
+            libc::syscall(
+                SYS_OPEN_TREE_ATTR,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        });
+        match r {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                NO_OPEN_TREE_ATTR.store(true, Ordering::Relaxed);
+            }
+            r => return r,
+        }
+    }
+    let tree = open_tree_clone(path)?;
+    mount_setattr(std::os::fd::AsFd::as_fd(&tree), attr_set)?;
+    Ok(tree)
+}
+
 /// The id of the mount `fd` lies on (`statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID)`, Linux 5.8),
 /// the number that starts its line in `/proc/<pid>/mountinfo`. Works on `O_PATH` descriptors.
 pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
@@ -162,4 +210,60 @@ pub fn tmpfs_detached(mode: &str, size: &str, attrs: u64) -> io::Result<OwnedFd>
     })?;
     // SAFETY: no pointers; fs is valid.
     owned(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags_of(fd: &OwnedFd) -> u64 {
+        // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a live, writable statvfs owned by this frame for the whole call.
+        let r = unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) };
+        assert_eq!(r, 0, "fstatvfs: {}", io::Error::last_os_error());
+        st.f_flag
+    }
+
+    /// Both ways of making the clone (open_tree_attr where the kernel has it, then, forced, the
+    /// two-call way) leave exactly the asked attributes on it. Needs root (CI runs as root).
+    #[test]
+    fn a_clone_carries_its_attributes_either_way() {
+        use std::sync::atomic::Ordering;
+        for forced_fallback in [false, true] {
+            if forced_fallback {
+                NO_OPEN_TREE_ATTR.store(true, Ordering::Relaxed);
+            }
+            let ro = open_tree_clone_attr("/tmp", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
+                .expect("open_tree_clone_attr (needs root)");
+            let f = flags_of(&ro);
+            assert_ne!(
+                f & libc::ST_RDONLY,
+                0,
+                "fallback={forced_fallback}: not read-only"
+            );
+            assert_ne!(
+                f & libc::ST_NOSUID,
+                0,
+                "fallback={forced_fallback}: not nosuid"
+            );
+            assert_eq!(
+                f & libc::ST_NOEXEC,
+                0,
+                "fallback={forced_fallback}: noexec not asked"
+            );
+            let plain = open_tree_clone_attr("/tmp", MOUNT_ATTR_NOEXEC).unwrap();
+            let f = flags_of(&plain);
+            assert_eq!(
+                f & libc::ST_RDONLY,
+                0,
+                "fallback={forced_fallback}: read-only not asked"
+            );
+            assert_ne!(
+                f & libc::ST_NOEXEC,
+                0,
+                "fallback={forced_fallback}: not noexec"
+            );
+        }
+    }
 }

@@ -164,6 +164,13 @@ check unknown "unknown UUID: the start fails with nvhook's message" '!started' '
 run_case runc caps-all rootfs-debian false prestart "$FULL; ls /etc/vulkan/icd.d/ /usr/share/glvnd/egl_vendor.d/ 2>&1; ls /usr/lib/x86_64-linux-gnu/libGLX_nvidia.so.0 /usr/lib/x86_64-linux-gnu/libnvidia-encode.so.1 2>&1" NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=all
 check caps-all "\`NVIDIA_DRIVER_CAPABILITIES=all\`: compute and utility work; graphics (GLX, Vulkan ICD, EGL vendor file) and video libraries present" "$SMI_OK" "$GPU_OK" 'nvidia_icd.json' '10_nvidia.json' 'libGLX_nvidia.so.0$' 'libnvidia-encode.so.1$'
 
+# the mount attributes each bind got (set on the detached clone: open_tree_attr on kernels that
+# have it, open_tree + mount_setattr before): libraries and binaries ro,nosuid,nodev; device
+# nodes ro,nosuid,noexec; no driver bind writable
+ATTRS='awk '"'"'$5 ~ /(libcuda\.so\.[0-9.]+|libnvidia-ml\.so\.[0-9.]+|nvidia-smi|nvidiactl|nvidia0)$/ {print "attr:" $5 " " $6}'"'"' /proc/self/mountinfo'
+run_case runc attrs rootfs-debian false prestart "$ATTRS; cudaprobe" NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+check attrs "mount attributes: libraries and nvidia-smi ro,nosuid,nodev; /dev/nvidiactl and /dev/nvidia0 ro,nosuid,noexec; none writable" "$GPU_OK" 'attr:/usr/lib/x86_64-linux-gnu/libcuda\.so\.[0-9.]+ ro,nosuid,nodev' 'attr:/usr/lib/x86_64-linux-gnu/libnvidia-ml\.so\.[0-9.]+ ro,nosuid,nodev' 'attr:/usr/bin/nvidia-smi ro,nosuid,nodev' 'attr:/dev/nvidiactl ro,nosuid,noexec' 'attr:/dev/nvidia0 ro,nosuid,noexec' '!attr:.* rw'
+
 run_case runc proc rootfs-debian false prestart "ls /proc/driver/nvidia/ /proc/driver/nvidia/gpus/; grep ModifyDeviceFiles /proc/driver/nvidia/params; nvidia-smi -L >/dev/null; ls -d /dev/nvidia-caps 2>&1" NVIDIA_VISIBLE_DEVICES=all
 check proc "/proc/driver/nvidia shows the selected GPU, params has ModifyDeviceFiles: 0, and nvidia-smi creates no device nodes" 'ModifyDeviceFiles: 0' "$(basename "$(dirname "$INFO")")" '/dev/nvidia-caps: No such file'
 
