@@ -1516,10 +1516,11 @@ fn a_rootfs_swapped_between_prestart_and_poststop_makes_poststop_delete_nothing_
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     // what nvhook made, as its record says, seen from the host (the mounts are the container's)
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(Path::new(RECORD_DIR).join(&b.id)).expect("nvhook's record"),
-    )
-    .unwrap();
+    // read as nvhook reads it (the record line and the line its finish appended, folded)
+    let store = nvhook::cleanup::Store::open_at(RECORD_DIR.into(), false)
+        .unwrap()
+        .expect("nvhook's record directory");
+    let rec = serde_json::to_value(store.read(&b.id).unwrap().expect("nvhook's record")).unwrap();
     let made = |kind: &str, was: &str| -> Vec<String> {
         let mut v: Vec<String> = rec["entries"]
             .as_array()

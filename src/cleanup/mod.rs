@@ -9,8 +9,10 @@
 //!
 //! The record, one per container: `/run/nvhook/containers/<container-id>` (a 0700 directory of
 //! root's, of its own beside whatever else nvhook keeps in /run/nvhook; for rootless podman
-//! `/run/user/<uid>/nvhook/containers`), JSON, replaced atomically; the original content of each
-//! replaced file beside it as `<id>@<n>`. It names each entry by its path with every symlink
+//! `/run/user/<uid>/nvhook/containers`), JSON: the record as one line, replaced atomically,
+//! then at most the one line a start's finish appends with its changes (one write, where a
+//! rewrite would cost a temporary file, a rename and an unlink, each journaled on an ext4
+//! `/run`); the original content of each replaced file beside it as `<id>@<n>`. It names each entry by its path with every symlink
 //! already resolved (so poststop never follows one), its type and its inode (`st_dev`, `st_ino`).
 //! Poststop undoes an entry only if the path, resolved with no symlink allowed, still holds that
 //! very inode; anything else is left where it is, with a warning. A replacement also carries
@@ -332,17 +334,20 @@ impl Tracker {
             self.store.remove_stale_index(&staying);
             self.store.mark_swept();
         }
-        self.store.write(
-            &self.id,
-            &Record {
-                version: RECORD_VERSION,
-                rootfs: rootfs.path().to_owned(),
-                root,
-                pid: self.pid,
-                start_time: self.start_time,
-                entries,
-            },
-        )
+        let rec = Record {
+            version: RECORD_VERSION,
+            rootfs: rootfs.path().to_owned(),
+            root,
+            pid: self.pid,
+            start_time: self.start_time,
+            entries,
+        };
+        // the common case, a container id new to this host: its record is created in place
+        if self.store.has(&self.id) {
+            self.store.write(&self.id, &rec)
+        } else {
+            self.store.create(&self.id, &rec)
+        }
     }
 
     /// After the changes (also when one failed: the runtime's poststop then undoes the rest):
@@ -373,9 +378,18 @@ impl Tracker {
             new.push(entry_of(&self.store, &self.id, c)?);
         }
         let n = new.len();
-        let unused = absorb(&mut rec.entries, new);
-        self.store.remove_blob_names(&unused);
-        self.store.write(&self.id, &rec)?;
+        let mut folded = rec.entries.clone();
+        let unused = absorb(&mut folded, new.clone());
+        if unused.is_empty() {
+            // the common case: one appended line (no new file, no rename), folded in the same
+            // way by every later read
+            self.store.append(&self.id, new)?;
+        } else {
+            // a blob goes: the record is rewritten without it
+            rec.entries = folded;
+            self.store.write(&self.id, &rec)?;
+            self.store.remove_blob_names(&unused);
+        }
         log::debug!(
             "recorded {n} change(s) to the rootfs in {}/{}",
             self.store.path().display(),

@@ -18,6 +18,12 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use super::{Entry, RECORD_VERSION, Record};
 use crate::rootfs::{Identity, create_exclusive};
 
+/// An appended line of a record file ([`Store::append`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Added {
+    add: Vec<Entry>,
+}
+
 /// A record is a few hundred bytes per entry; anything larger is not ours.
 const MAX_RECORD: u64 = 16 << 20;
 const MAX_BLOB: u64 = 64 << 20;
@@ -247,13 +253,44 @@ impl Store {
 
     /// The record of container `id`. A record of another format version is treated as none
     /// (and left in place).
+    ///
+    /// A record file is the record as one line of JSON, then any number of appended lines
+    /// `{"add":[entries]}` ([`Store::append`]), folded in here in their order as a rewrite would
+    /// have ([`super::absorb`]). An appended line that is not whole (a hook killed while writing
+    /// it, or a crash of an ext4 `/run`) is ignored, as if that hook had stopped before its
+    /// write. An empty file (a hook killed between [`Store::create`]'s create
+    /// and write) is no record.
     pub fn read(&self, id: &str) -> std::io::Result<Option<Record>> {
         let Some(bytes) = self.read_file(id, MAX_RECORD)? else {
             return Ok(None);
         };
-        let rec: Record = serde_json::from_slice(&bytes).map_err(|e| {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let mut lines = bytes.split_inclusive(|b| *b == b'\n');
+        let first = lines.next().unwrap_or_default();
+        let mut rec: Record = serde_json::from_slice(first).map_err(|e| {
             std::io::Error::other(format!("{}/{id}: not a record: {e}", self.path.display()))
         })?;
+        for line in lines {
+            let added = match line.strip_suffix(b"\n") {
+                Some(l) => serde_json::from_slice::<Added>(l).map_err(|e| e.to_string()),
+                None => Err("not whole".to_owned()),
+            };
+            match added {
+                Ok(a) => {
+                    // blobs it leaves unused are the sweep's to remove (remove_debris): a
+                    // reader does not write
+                    super::absorb(&mut rec.entries, a.add);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}/{id}: an appended line is not readable ({e}); it is ignored",
+                        self.path.display()
+                    );
+                }
+            }
+        }
         if rec.version != RECORD_VERSION {
             log::warn!(
                 "{}/{id}: record version {} is not {RECORD_VERSION}; left alone",
@@ -267,8 +304,60 @@ impl Store {
 
     /// Write the record of `id` and its index entry.
     pub fn write(&self, id: &str, rec: &Record) -> std::io::Result<()> {
-        let json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-        self.write_file(id, &json, false)?;
+        self.write_record(id, rec, false)
+    }
+
+    /// [`Store::write`] of a record with no entries where `id` has none: the file is created
+    /// under its own name, with no temporary file and rename (on an ext4 `/run` each is a
+    /// journaled change on the start's path). A hook killed between the create and the write
+    /// leaves an empty file, which [`Store::read`] takes for no record; with no entries, there
+    /// was nothing to lose.
+    pub fn create(&self, id: &str, rec: &Record) -> std::io::Result<()> {
+        if !rec.entries.is_empty() {
+            return self.write(id, rec);
+        }
+        self.write_record(id, rec, true)
+    }
+
+    /// Add `entries` to the record of `id` by appending one line to its file (no new file, no
+    /// rename: one write), to be folded in by [`Store::read`]. Only where folding them in frees
+    /// no blob (the caller checked), so that a rewrite would have kept them all.
+    pub fn append(&self, id: &str, entries: Vec<Entry>) -> std::io::Result<()> {
+        let mut line =
+            serde_json::to_vec(&Added { add: entries }).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let fd = openat(
+            self.dir.as_fd(),
+            id,
+            OFlag::O_RDWR
+                | OFlag::O_APPEND
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let st = fstat(&fd).map_err(io)?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return Err(std::io::Error::other(format!("{id} is not a regular file")));
+        }
+        // the line's end must follow a whole line (a file written before records ended theirs
+        // with one, or one whose last append was cut short, does not end with one)
+        let ends_whole = st.st_size == 0 || {
+            let mut last = [0u8; 1];
+            nix::sys::uio::pread(&fd, &mut last, st.st_size - 1).map_err(io)? == 1
+                && last[0] == b'\n'
+        };
+        if !ends_whole {
+            line.insert(0, b'\n');
+        }
+        std::fs::File::from(fd).write_all(&line)
+    }
+
+    fn write_record(&self, id: &str, rec: &Record, exclusive: bool) -> std::io::Result<()> {
+        let mut json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        json.push(b'\n');
+        self.write_file(id, &json, exclusive)?;
         let sub = index_dir(rec.root);
         let err = |e: Errno| {
             std::io::Error::other(format!(

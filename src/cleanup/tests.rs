@@ -462,3 +462,68 @@ fn a_start_reads_only_its_rootfs_records_until_a_sweep_is_due() {
         "{index:?}"
     );
 }
+
+/// A start on a rootfs that no record names: its record is created in place, and its finish is
+/// one appended line (no temporary file, no rename), which a read folds in; poststop restores
+/// everything from it.
+#[test]
+fn a_first_start_creates_its_record_in_place_and_appends_its_changes() {
+    let t = tmp("append");
+    let root = t.0.join("root");
+    let before = tree(&root);
+    prestart(&t, "c1", true, b"nvhook's cache");
+    let raw = std::fs::read(t.0.join("store/c1")).unwrap();
+    let lines: Vec<&[u8]> = raw.split_inclusive(|b| *b == b'\n').collect();
+    assert_eq!(lines.len(), 2, "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        lines[1].starts_with(b"{\"add\":["),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(store(&t).read("c1").unwrap().unwrap().entries.len(), 11);
+    let u = poststop(&store(&t), "c1", Path::new(NO_BUNDLE)).unwrap();
+    assert_eq!(
+        u,
+        Undone::Restored {
+            restored: 11,
+            left: 0
+        }
+    );
+    assert_eq!(before, tree(&root));
+    assert!(store_files(&t).is_empty(), "{:?}", store_files(&t));
+}
+
+/// An appended line that is not whole (a hook killed while writing it) or not readable is
+/// ignored, and the lines around it are folded in; an append after such a line, or after a
+/// record written without a final newline (an earlier nvhook), starts a line of its own; an empty
+/// record file (a hook killed between create and write) is no record.
+#[test]
+fn a_torn_appended_line_is_ignored_and_an_empty_record_is_none() {
+    let t = tmp("torn");
+    prestart(&t, "c1", true, b"cache");
+    let path = t.0.join("store/c1");
+    let raw = std::fs::read(&path).unwrap();
+    let mut lines = raw.split_inclusive(|b| *b == b'\n');
+    let first = lines.next().unwrap().to_vec();
+    let added = lines.next().unwrap().to_vec();
+    let s = store(&t);
+    let entries = s.read("c1").unwrap().unwrap().entries;
+    assert_eq!(entries.len(), 11);
+    let count = |s: &Store| s.read("c1").unwrap().unwrap().entries.len();
+
+    std::fs::write(&path, [&first[..], b"{\"add\":[{\"pa\n", &added].concat()).unwrap();
+    assert_eq!(count(&s), 11, "an unreadable line before a whole one");
+
+    std::fs::write(&path, [&first[..], &added[..added.len() / 2]].concat()).unwrap();
+    assert_eq!(count(&s), 0, "the only appended line cut short");
+    s.append("c1", entries.clone()).unwrap();
+    assert_eq!(count(&s), 11, "an append after a line cut short");
+
+    std::fs::write(&path, &first[..first.len() - 1]).unwrap();
+    assert_eq!(count(&s), 0);
+    s.append("c1", entries).unwrap();
+    assert_eq!(count(&s), 11, "an append to a record with no final newline");
+
+    std::fs::write(&path, b"").unwrap();
+    assert!(s.read("c1").unwrap().is_none());
+}
