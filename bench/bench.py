@@ -101,7 +101,7 @@ def base_config(rootfs, args, env):
     }
 
 
-PHASES = ["total_us", "parse", "request", "config", "inventory", "inv_cache", "inv_gpus", "inv_nodes", "inv_ldcache",
+PHASES = ["total_us", "parse", "request", "config", "inventory", "inv_host", "inv_cache", "inv_gpus", "inv_nodes", "inv_ldcache",
           "inv_libs", "inv_bins", "inv_firmware", "inv_live", "require", "cgroup_open", "setns", "plan", "mounts", "ldcache", "cgroup"]
 ALL = ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
 ALL_CAPS = ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=all"]

@@ -86,6 +86,7 @@ impl Inventory {
             all_gpus,
             proc_files,
         } = HostDriver::read(config)?;
+        t.mark("inv_host");
         let (found, root) = cached_driver_files(config, req, &driver_version, t)?;
         let cache::DriverFiles {
             nvml_lib,
