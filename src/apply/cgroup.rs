@@ -150,8 +150,37 @@ pub struct CgroupDirs {
 /// Where the cgroup of a process lies, from its `/proc/<pid>/cgroup` and our mountinfo (pure:
 /// the fuzz harnesses feed it any text).
 pub fn cgroup_dirs(proc_cgroup: &str, mountinfo: &str) -> Result<CgroupDirs, Error> {
+    dirs_under(proc_cgroup, parse_mountinfo(mountinfo))
+}
+
+/// Where the cgroup2 hierarchy is mounted whole, found without reading mountinfo (which the
+/// kernel writes out for every mount of the namespace, about 30 us): `/sys/fs/cgroup` when it is
+/// a cgroup2 filesystem whose directory is the hierarchy's root (only the root cgroup has no
+/// `cgroup.type`). Only for a process in no v1 devices cgroup (`proc_cgroup` names none): a
+/// hybrid host, a cgroup namespace's mount, anything else is left to mountinfo.
+fn unified_root_mount(proc_cgroup: &str) -> Option<CgroupMount> {
+    const MOUNT_POINT: &str = "/sys/fs/cgroup";
     let (v1_path, v2_path) = parse_proc_cgroup(proc_cgroup);
-    let (v1_mount, v2_mount) = parse_mountinfo(mountinfo);
+    if v1_path.is_some() || v2_path.is_none() {
+        return None;
+    }
+    let fs = nix::sys::statfs::statfs(MOUNT_POINT).ok()?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return None;
+    }
+    let typ = nix::sys::stat::lstat(Path::new(MOUNT_POINT).join("cgroup.type").as_path());
+    matches!(typ, Err(nix::errno::Errno::ENOENT)).then(|| CgroupMount {
+        root: "/".into(),
+        mount_point: PathBuf::from(MOUNT_POINT),
+    })
+}
+
+/// [`cgroup_dirs`] with the v1 devices mount and the cgroup2 mount found.
+fn dirs_under(
+    proc_cgroup: &str,
+    (v1_mount, v2_mount): (Option<CgroupMount>, Option<CgroupMount>),
+) -> Result<CgroupDirs, Error> {
+    let (v1_path, v2_path) = parse_proc_cgroup(proc_cgroup);
     let v1 = match (&v1_path, &v1_mount) {
         (Some(p), Some(m)) => Some(cgroup_dir(m, p)?),
         // The kernel lists every v1 hierarchy in /proc/<pid>/cgroup even where none is mounted
@@ -224,6 +253,9 @@ impl DeviceCgroup {
                     cgroups_path.unwrap_or("none")
                 ),
             })?;
+        if let Some(m) = unified_root_mount(&text) {
+            return Self::from_dirs(&text, dirs_under(&text, (None, Some(m)))?);
+        }
         let mountinfo = crate::bounded::read_to_string(
             Path::new("/proc/self/mountinfo"),
             crate::bounded::MOUNTINFO,
@@ -235,7 +267,10 @@ impl DeviceCgroup {
     }
 
     fn from_texts(proc_cgroup: &str, mountinfo: &str) -> Result<DeviceCgroup, Error> {
-        let dirs = cgroup_dirs(proc_cgroup, mountinfo)?;
+        Self::from_dirs(proc_cgroup, cgroup_dirs(proc_cgroup, mountinfo)?)
+    }
+
+    fn from_dirs(proc_cgroup: &str, dirs: CgroupDirs) -> Result<DeviceCgroup, Error> {
         let (v1_path, v2_path) = parse_proc_cgroup(proc_cgroup);
         let proc_path = match (&dirs.v1, v1_path, v2_path) {
             (Some(_), Some(p), _) | (_, _, Some(p)) => p,
@@ -580,6 +615,54 @@ fn attach_in_place(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path finds the cgroup2 hierarchy only where mountinfo has it whole at
+    /// `/sys/fs/cgroup`, and then names the same directories; a process in a v1 devices cgroup
+    /// never takes it. (On the hybrid dev/CI machine `/sys/fs/cgroup` is a tmpfs: None.)
+    #[test]
+    fn the_unified_fast_path_agrees_with_mountinfo() {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let at_sys_fs_cgroup = mi.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            (pre.get(4) == Some(&"/sys/fs/cgroup")).then(|| {
+                (
+                    pre[3].to_owned(),
+                    post.split(' ').next().unwrap_or("").to_owned(),
+                )
+            })
+        });
+        let pc = "0::/some/group\n";
+        match unified_root_mount(pc) {
+            Some(m) => {
+                assert_eq!(
+                    at_sys_fs_cgroup,
+                    Some(("/".to_owned(), "cgroup2".to_owned()))
+                );
+                assert_eq!(
+                    dirs_under(pc, (None, Some(m))).unwrap(),
+                    CgroupDirs {
+                        v1: None,
+                        v2: vec![
+                            PathBuf::from("/sys/fs/cgroup/some/group"),
+                            PathBuf::from("/sys/fs/cgroup/some"),
+                            PathBuf::from("/sys/fs/cgroup"),
+                        ],
+                    }
+                );
+            }
+            None => assert!(
+                at_sys_fs_cgroup
+                    .as_ref()
+                    .is_none_or(|(root, fs)| fs != "cgroup2" || root != "/")
+                    || Path::new("/sys/fs/cgroup/cgroup.type").exists(),
+                "{at_sys_fs_cgroup:?}"
+            ),
+        }
+        assert!(unified_root_mount("5:devices:/x\n0::/x\n").is_none());
+        assert!(unified_root_mount("5:devices:/x\n").is_none());
+        assert!(unified_root_mount("").is_none());
+    }
 
     #[test]
     fn proc_cgroup_forms() {
