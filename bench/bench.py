@@ -298,16 +298,22 @@ class Bench:
     def breakdown(self):
         """nvhook's own timings, from its debug log, in a separate untimed pass."""
         res = {}
-        for s in self.setups:
-            if s.hook not in ("nvhook", "nvhook-base") or self.a.breakdown_n <= 0:
-                continue
-            logf = os.path.join(self.work, "nvhook-%s.log" % s.key)
+        hooked = [s for s in self.setups if s.hook in ("nvhook", "nvhook-base")]
+        if self.a.breakdown_n <= 0:
+            hooked = []
+        logs = {s.key: os.path.join(self.work, "nvhook-%s.log" % s.key) for s in hooked}
+        for logf in logs.values():
             if os.path.exists(logf):
                 os.unlink(logf)
-            for _ in range(self.a.breakdown_n):
-                d = self.fresh(s, ["/bin/true"], ["NVHOOK_LOG=debug", "NVHOOK_LOG_FILE=" + logf])
+        # interleaved, a fresh random order each round (as the timed rounds): a before/after pair
+        # (c, C) sees the same state of the host
+        for _ in range(self.a.breakdown_n):
+            for s in random.sample(hooked, len(hooked)):
+                d = self.fresh(s, ["/bin/true"], ["NVHOOK_LOG=debug", "NVHOOK_LOG_FILE=" + logs[s.key]])
                 self.start(s, d)
                 self.discard(d)
+        for s in hooked:
+            logf = logs[s.key]
             phases = {}
             with open(logf) as f:
                 for line in f:
