@@ -314,12 +314,21 @@ impl Rootfs {
         };
         let id = nvhook_sys::mount_id(fd).map_err(|e| table_err(format!("statx: {e}")))?;
         let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        if !mounts.contains_key(&id) {
-            const MOUNTINFO: &str = "/proc/thread-self/mountinfo";
-            let text =
-                crate::bounded::read_to_string(Path::new(MOUNTINFO), crate::bounded::MOUNTINFO)
-                    .map_err(|e| table_err(format!("{MOUNTINFO}: {e}")))?;
-            *mounts = parse_mount_table(&text);
+        if let std::collections::hash_map::Entry::Vacant(slot) = mounts.entry(id) {
+            // statmount (Linux 6.8) looks up this one mount; mountinfo, where the kernel lacks
+            // it, prints them all under the namespace lock that every mount on the host takes
+            if let Ok(f) = nvhook_sys::mount_facts(fd) {
+                slot.insert(MountEntry {
+                    mount_point: f.mount_point,
+                    shared: f.shared_peer_group.map(|g| g.to_string()),
+                });
+            } else {
+                const MOUNTINFO: &str = "/proc/thread-self/mountinfo";
+                let text =
+                    crate::bounded::read_to_string(Path::new(MOUNTINFO), crate::bounded::MOUNTINFO)
+                        .map_err(|e| table_err(format!("{MOUNTINFO}: {e}")))?;
+                *mounts = parse_mount_table(&text);
+            }
         }
         let Some(m) = mounts.get(&id) else {
             return Err(table_err(format!(

@@ -106,6 +106,138 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(st.stx_mnt_id)
 }
 
+/// `statx`'s 64-bit mount id that is never reused (Linux 6.8), the id `statmount` takes.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_STATMOUNT: libc::c_long = 457;
+const STATMOUNT_MNT_BASIC: u64 = 0x2;
+const STATMOUNT_MNT_POINT: u64 = 0x10;
+/// `MS_SHARED` in `statmount`'s `mnt_propagation`.
+const MS_SHARED: u64 = 1 << 20;
+/// The fixed part of `struct statmount` (Linux 6.8 on: its spare words keep it this size); the
+/// strings follow it.
+const STATMOUNT_FIXED: usize = 512;
+
+/// One mount, as `statmount(2)` (Linux 6.8) reports it: where it is mounted (relative to this
+/// process's root, as in mountinfo) and, when its propagation is shared, its peer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountFacts {
+    pub mount_point: String,
+    pub shared_peer_group: Option<u64>,
+}
+
+/// [`MountFacts`] of the mount `fd` lies on, from `statmount(2)`: one mount looked up, where
+/// reading `/proc/<pid>/mountinfo` prints every mount of the namespace while holding the
+/// namespace's lock against every mount and unmount on the host (in a burst of container
+/// starts, the most contended lock: docs/benchmarks.md). ENOSYS where the kernel is older.
+pub fn mount_facts(fd: BorrowedFd<'_>) -> io::Result<MountFacts> {
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = fd;
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        // SAFETY: an all-zero statx is a valid value of this plain C struct.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: the path is a static NUL-terminated empty string, `st` is a live, writable
+        // statx owned by this frame for the whole call.
+        let ret = unsafe {
+            libc::statx(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                STATX_MNT_ID_UNIQUE,
+                &mut st,
+            )
+        };
+        cvt(ret as libc::c_long)?;
+        if st.stx_mask & STATX_MNT_ID_UNIQUE == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+        #[repr(C)]
+        struct MntIdReq {
+            size: u32,
+            spare: u32,
+            mnt_id: u64,
+            param: u64,
+        }
+        let req = MntIdReq {
+            size: std::mem::size_of::<MntIdReq>() as u32,
+            spare: 0,
+            mnt_id: st.stx_mnt_id,
+            param: STATMOUNT_MNT_BASIC | STATMOUNT_MNT_POINT,
+        };
+        let mut len = 4096usize;
+        loop {
+            // u64 words: the buffer is aligned for the struct's 64-bit fields
+            let mut buf = vec![0u64; len / 8];
+            // SAFETY: `req` is a live MntIdReq and `buf` a writable buffer of `len` bytes, both
+            // owned by this frame for the whole call; the kernel writes at most `len` bytes.
+            let r = cvt(unsafe {
+                libc::syscall(
+                    SYS_STATMOUNT,
+                    &req as *const MntIdReq,
+                    buf.as_mut_ptr(),
+                    len,
+                    0u32,
+                )
+            });
+            match r {
+                Err(e) if e.raw_os_error() == Some(libc::EOVERFLOW) && len < (1 << 20) => {
+                    len *= 4;
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+            let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            return parse_statmount(&bytes);
+        }
+    }
+}
+
+/// The fields [`mount_facts`] needs from a `struct statmount` the kernel wrote into `b`.
+fn parse_statmount(b: &[u8]) -> io::Result<MountFacts> {
+    let bad = |what: &str| io::Error::other(format!("statmount: {what}"));
+    let u32_at = |o: usize| -> io::Result<u32> {
+        b.get(o..o + 4)
+            .and_then(|s| s.try_into().ok())
+            .map(u32::from_ne_bytes)
+            .ok_or_else(|| bad("short reply"))
+    };
+    let u64_at = |o: usize| -> io::Result<u64> {
+        b.get(o..o + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_ne_bytes)
+            .ok_or_else(|| bad("short reply"))
+    };
+    let size = u32_at(0)? as usize;
+    let mask = u64_at(8)?;
+    if mask & (STATMOUNT_MNT_BASIC | STATMOUNT_MNT_POINT)
+        != STATMOUNT_MNT_BASIC | STATMOUNT_MNT_POINT
+    {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    let propagation = u64_at(72)?;
+    let peer_group = u64_at(80)?;
+    let point_off = u32_at(108)? as usize;
+    let strings = b
+        .get(STATMOUNT_FIXED..size.min(b.len()))
+        .ok_or_else(|| bad("no strings"))?;
+    let point = strings
+        .get(point_off..)
+        .ok_or_else(|| bad("mount point offset"))?;
+    let end = point
+        .iter()
+        .position(|c| *c == 0)
+        .ok_or_else(|| bad("unterminated mount point"))?;
+    Ok(MountFacts {
+        mount_point: String::from_utf8_lossy(&point[..end]).into_owned(),
+        shared_peer_group: (propagation & MS_SHARED != 0).then_some(peer_group),
+    })
+}
+
 #[repr(C)]
 struct MountAttr {
     attr_set: u64,
@@ -223,6 +355,74 @@ mod tests {
         let r = unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) };
         assert_eq!(r, 0, "fstatvfs: {}", io::Error::last_os_error());
         st.f_flag
+    }
+
+    /// statmount's view of a mount is mountinfo's: the same mount point and the same shared
+    /// peer group (or none), for every mount of this namespace that can be opened.
+    #[test]
+    fn statmount_agrees_with_mountinfo() {
+        // one shared mount of our own, so that the shared case is checked too (needs root)
+        let dir = std::env::temp_dir().join(format!("nvhook-statmount-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = CString::new(dir.to_str().unwrap()).unwrap();
+        // SAFETY: NUL-terminated strings owned by this frame; null data is allowed.
+        let r = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                c.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "mount tmpfs (needs root): {}",
+            io::Error::last_os_error()
+        );
+        // SAFETY: as above; a propagation change takes no source, type or data.
+        let r = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "make-shared: {}", io::Error::last_os_error());
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let (mut checked, mut shared_checked) = (0, 0);
+        for line in table.lines() {
+            let (pre, _) = line.split_once(" - ").unwrap();
+            let f: Vec<&str> = pre.split(' ').collect();
+            let (id, point) = (f[0].parse::<u64>().unwrap(), f[4]);
+            if point.contains('\\') {
+                continue; // an escaped name: not worth unescaping here
+            }
+            let shared = f[6..]
+                .iter()
+                .find_map(|t| t.strip_prefix("shared:"))
+                .map(|n| n.parse::<u64>().unwrap());
+            let Ok(fd) = std::fs::File::open(point) else {
+                continue;
+            };
+            let fd = OwnedFd::from(fd);
+            if mount_id(std::os::fd::AsFd::as_fd(&fd)).ok() != Some(id) {
+                continue; // covered by a later mount
+            }
+            let facts = mount_facts(std::os::fd::AsFd::as_fd(&fd)).expect("statmount (Linux 6.8)");
+            assert_eq!(facts.mount_point, point, "{line}");
+            assert_eq!(facts.shared_peer_group, shared, "{line}");
+            checked += 1;
+            shared_checked += usize::from(shared.is_some());
+        }
+        // SAFETY: a NUL-terminated path owned by this frame.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&dir);
+        assert!(checked >= 3, "only {checked} mounts checked");
+        assert!(shared_checked >= 1, "no shared mount checked");
     }
 
     /// Both ways of making the clone (open_tree_attr where the kernel has it, then, forced, the
