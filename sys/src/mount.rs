@@ -86,6 +86,12 @@ pub fn open_tree_clone_attr(path: &str, attr_set: u64) -> io::Result<OwnedFd> {
 /// The id of the mount `fd` lies on (`statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID)`, Linux 5.8),
 /// the number that starts its line in `/proc/<pid>/mountinfo`. Works on `O_PATH` descriptors.
 pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    statx_mount_id(fd, libc::STATX_MNT_ID)
+}
+
+/// The mount id `statx` gives for `fd` under `mask` (`STATX_MNT_ID` or `STATX_MNT_ID_UNIQUE`);
+/// ENOSYS where the kernel does not fill it in.
+fn statx_mount_id(fd: BorrowedFd<'_>, mask: u32) -> io::Result<u64> {
     // SAFETY: an all-zero statx is a valid value of this plain C struct.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: the path is a static NUL-terminated empty string, `st` is a live, writable statx
@@ -95,12 +101,12 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
             fd.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_MNT_ID,
+            mask,
             &mut st,
         )
     };
     cvt(ret as libc::c_long)?;
-    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+    if st.stx_mask & mask == 0 {
         return Err(io::Error::from_raw_os_error(libc::ENOSYS));
     }
     Ok(st.stx_mnt_id)
@@ -138,23 +144,7 @@ pub fn mount_facts(fd: BorrowedFd<'_>) -> io::Result<MountFacts> {
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        // SAFETY: an all-zero statx is a valid value of this plain C struct.
-        let mut st: libc::statx = unsafe { std::mem::zeroed() };
-        // SAFETY: the path is a static NUL-terminated empty string, `st` is a live, writable
-        // statx owned by this frame for the whole call.
-        let ret = unsafe {
-            libc::statx(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                STATX_MNT_ID_UNIQUE,
-                &mut st,
-            )
-        };
-        cvt(ret as libc::c_long)?;
-        if st.stx_mask & STATX_MNT_ID_UNIQUE == 0 {
-            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
-        }
+        let mnt_id = statx_mount_id(fd, STATX_MNT_ID_UNIQUE)?;
         #[repr(C)]
         struct MntIdReq {
             size: u32,
@@ -165,7 +155,7 @@ pub fn mount_facts(fd: BorrowedFd<'_>) -> io::Result<MountFacts> {
         let req = MntIdReq {
             size: std::mem::size_of::<MntIdReq>() as u32,
             spare: 0,
-            mnt_id: st.stx_mnt_id,
+            mnt_id,
             param: STATMOUNT_MNT_BASIC | STATMOUNT_MNT_POINT,
         };
         let mut len = 4096usize;
