@@ -259,6 +259,7 @@ class Bench:
             gpu_ok = r"results verified"
         plain = "ls /dev | grep -q nvidia && echo HAS-NVIDIA; echo CHECK-OK"
         self.failed = []
+        self.checked = []
         for s in self.setups:
             try:
                 out = self.run_and_capture(s, gpu_script if s.gpu else plain)
@@ -266,6 +267,7 @@ class Bench:
                 out = "error: %s" % e
             ok = "CHECK-OK" in out and (re.search(gpu_ok, out) if s.gpu else "HAS-NVIDIA" not in out)
             log("check %s (%s): %s" % (s.key, s.title, "ok" if ok else "FAILED"))
+            self.checked.append("(%s) %s: %s" % (s.key, s.title, "ok" if ok else "FAILED, not timed"))
             if not ok:
                 log(out[-3000:])
                 self.failed.append((s, out.strip().splitlines()[-1:] or ["(no output)"]))
@@ -634,7 +636,10 @@ def run(a):
                                                                    text=True).stdout.splitlines()[0], os.cpu_count())
     head = "nvhook start-latency benchmark, %s UTC, N=%d per setup (+%d warm-up rounds), %s\n\n" % (
         time.strftime("%Y-%m-%d %H:%M", time.gmtime()), a.n, a.warmup, env)
-    rep = head + b.report(bd)
+    checks = "What each setup's container saw before timing (GPU setups: %s): %s\n\n" % (
+        "nvidia-smi and the fixtures' CUDA probe" if a.fake else "nvidia-smi -L and the kit's PTX kernel, results verified",
+        "; ".join(b.checked))
+    rep = head + checks + b.report(bd)
     print(rep)
     raw = {s.key: {"title": s.title, "samples_ms": s.samples, "cpu_ms": s.cpu} for s in b.setups}
     bursts = {"%s-%d" % k: v for k, v in getattr(b, "burst_res", {}).items()}

@@ -78,7 +78,7 @@ out=$(NVHOOK_BIN="$PWD/target/debug/nvhook" FIXTURES=/tmp/nvhook-bench-smoke bas
     --burst 2,3 --burst-reps 1 --hook-cpu 2 2>&1) || { echo "$out"; exit 1; }
 for want in "(a) runc alone" "(z) runc, no-op hook" "(b) nvhook, no GPU asked" "(c) nvhook, all GPUs" "| (c) |" \
     "| (a) runc alone | 3 |" "| (c) nvhook, all GPUs, compute,utility | 3 |" "0 of 3 |" "| (c) nvhook, all GPUs, compute,utility | " \
-    "in a burst of 3"; do
+    "in a burst of 3" "What each setup's container saw before timing" "(c) nvhook, all GPUs, compute,utility: ok"; do
     grep -qF "$want" <<<"$out" || { echo "$out"; echo "benchmark smoke test: '$want' missing"; exit 1; }
 done
 echo "tests/run.sh: all tests passed in $(( $(date +%s) - start ))s"
