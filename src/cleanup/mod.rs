@@ -12,8 +12,9 @@
 //! `/run/user/<uid>/nvhook/containers`), JSON: the record as one line, replaced atomically,
 //! then at most the one line a start's finish appends with its changes (one write, where a
 //! rewrite would cost a temporary file, a rename and an unlink, each journaled on an ext4
-//! `/run`); the original content of each replaced file beside it as `<id>@<n>`. It names each entry by its path with every symlink
-//! already resolved (so poststop never follows one), its type and its inode (`st_dev`, `st_ino`).
+//! `/run`); the original content of each replaced file beside it as `<id>@<n>`. It names each
+//! entry by its path with every symlink already resolved (so poststop never follows one), its
+//! type and its inode (`st_dev`, `st_ino`).
 //! Poststop undoes an entry only if the path, resolved with no symlink allowed, still holds that
 //! very inode; anything else is left where it is, with a warning. A replacement also carries
 //! when the replaced file was looked at: inode numbers come back (the image's file a first
@@ -268,11 +269,13 @@ impl Tracker {
         // every record once in a while (records of gone rootfs, debris of killed hooks); else
         // only the records of this rootfs, from the index, and an earlier one of this id
         let sweep = self.store.sweep_due();
+        // an earlier record of this id (looked at once: nothing under the lock makes one)
+        let had = self.store.has(&self.id);
         let candidates = if sweep {
             self.store.ids()?
         } else {
             let mut ids = self.store.ids_on(root)?;
-            if !ids.contains(&self.id) && self.store.has(&self.id) {
+            if !ids.contains(&self.id) && had {
                 ids.push(self.id.clone());
             }
             ids
@@ -342,8 +345,9 @@ impl Tracker {
             start_time: self.start_time,
             entries,
         };
-        // the common case, a container id new to this host: its record is created in place
-        if self.store.has(&self.id) {
+        // the common case, a container id new to this host: its record is created in place (an
+        // earlier record the loop removed is replaced by the rename path, which works either way)
+        if had {
             self.store.write(&self.id, &rec)
         } else {
             self.store.create(&self.id, &rec)
